@@ -1,0 +1,61 @@
+"""Build deterministic test models: a model directory whose replies are written in advance.
+
+The architecture lives in scripted_arch.py (copied into the directory as its `model_file`);
+this module writes the directory: config.json with the scripts as harmony token ids, the
+o200k_harmony tokenizer files, and a one-value weights file.
+
+    build_scripted_model(path, {
+        "What is 2+2?": "<|channel|>analysis<|message|>Add.<|end|>"
+                        "<|start|>assistant<|channel|>final<|message|>4<|return|>",
+    })
+
+A reply is a whole assistant turn in harmony markup (what follows `<|start|>assistant`);
+a list of replies scripts successive turns of a tool loop. The trigger is matched as the
+token ids of its text, so make it a whole message (or the start of one).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+
+from models import vocab
+
+ARCH_FILE = Path(__file__).with_name("scripted_arch.py")
+
+
+def build_scripted_model(
+    dst: Path,
+    scripts: dict,
+    default_reply: str = "<|channel|>final<|message|>I have no script for that.<|return|>",
+    *,
+    context_length: int = 8192,
+) -> Path:
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    vocab.write_tokenizer_files(dst)
+    encoding = vocab.load_harmony_encoding_offline(dst)
+
+    def reply_ids(text: str) -> list:
+        return encoding.encode(text, allowed_special="all")
+
+    config = {
+        "model_type": "scripted",
+        "model_file": "scripted_model.py",
+        "vocab_size": 201088,
+        "max_position_embeddings": context_length,
+        "eos_token_id": [200002, 200012],
+        "scripts": [
+            {
+                "trigger": encoding.encode(trigger, allowed_special=set()),
+                "replies": [reply_ids(r) for r in ([replies] if isinstance(replies, str) else replies)],
+            }
+            for trigger, replies in scripts.items()
+        ],
+        "default_reply": reply_ids(default_reply),
+    }
+    (dst / "config.json").write_text(json.dumps(config))
+    shutil.copyfile(ARCH_FILE, dst / "scripted_model.py")
+    mx.save_safetensors(str(dst / "model.safetensors"), {"anchor": mx.zeros((1,))})
+    return dst

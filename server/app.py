@@ -1,0 +1,51 @@
+"""The FastAPI application: routes, error handlers and shared state."""
+
+import time
+
+from fastapi import FastAPI, Request
+
+from models.loading import LoadedModel
+from server import chat
+from server.config import Settings
+from server.engine import Engine
+from server.errors import APIError, install_error_handlers
+from server.state import ServerState
+
+
+def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastAPI:
+    app = FastAPI(title="swallow-server", version="0.1.0",
+                  description="OpenAI-compatible server for GPT-OSS models on MLX")
+    app.state.server = ServerState(
+        settings=settings,
+        engine=engine,
+        encoding=loaded.encoding,
+        model_id=settings.served_model_name or loaded.model_id,
+        context_length=settings.context_length or loaded.context_length,
+    )
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    started = int(time.time())
+
+    def model_card(state: ServerState) -> dict:
+        return {"id": state.model_id, "object": "model", "created": started, "owned_by": "swallow-server",
+                "context_length": state.context_length}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        return {"object": "list", "data": [model_card(request.app.state.server)]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request):
+        state = request.app.state.server
+        if model_id != state.model_id:
+            raise APIError(404, f"The model {model_id!r} does not exist; this server serves {state.model_id!r}.",
+                           type="not_found_error", param="model", code="model_not_found")
+        return model_card(state)
+
+    @app.get("/health")
+    async def health(request: Request):
+        state = request.app.state.server
+        return {"status": "ok", "model": state.model_id, "running": state.engine.running,
+                "waiting": state.engine.waiting}
+
+    return app

@@ -1,0 +1,77 @@
+"""The `swallow-server` command: serve (the default), convert, models."""
+
+import argparse
+import logging
+import sys
+
+from models.errors import ModelError
+from server.config import DEFAULT_MODEL, ConfigError, load_settings
+
+SUBCOMMANDS = ("serve", "convert", "models")
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swallow-server",
+        description="OpenAI-compatible server for GPT-OSS models on MLX. "
+        "Subcommands: serve (default), convert, models.",
+    )
+    parser.add_argument("--model", help=f"local MLX model directory, Hugging Face repo id, or 'demo' "
+                        f"(a tiny random model, no download). Default: {DEFAULT_MODEL}")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--config", help="TOML settings file (default: ./config.toml when present)")
+    parser.add_argument("--trust-remote-code", action="store_true", default=None,
+                        help="allow a model directory's own architecture file (config.json model_file)")
+    parser.add_argument("--served-model-name", help="the model id clients see (default: --model)")
+    parser.add_argument("--context-length", type=int, help="context size in tokens (default: the model's)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def serve(argv: list[str]) -> int:
+    args = serve_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.engine import Engine
+
+    engine = Engine(settings)
+    engine.start()
+    try:
+        loaded = engine.wait_until_loaded()
+    except ModelError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        return 1
+    app = create_app(settings, engine, loaded)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30)
+    engine.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "serve"
+    rest = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
+    if command == "convert":
+        from models import convert
+
+        return convert.main(rest)
+    if command == "models":
+        from models import catalog
+
+        return catalog.main(rest)
+    return serve(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

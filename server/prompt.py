@@ -1,0 +1,106 @@
+"""Harmony prompts, rendered by openai-harmony: the one place that builds model input.
+
+Both API layers turn their requests into a `Prompt` (instructions, tools, conversation items
+as harmony messages) and render it here, so the system message, the developer message and
+the rule about old reasoning are the same everywhere.
+"""
+
+import datetime
+from dataclasses import dataclass, field
+
+from openai_harmony import (
+    Author,
+    Conversation,
+    DeveloperContent,
+    HarmonyEncoding,
+    Message,
+    ReasoningEffort,
+    RenderConversationConfig,
+    Role,
+    SystemContent,
+    ToolDescription,
+)
+
+EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
+
+
+@dataclass
+class Prompt:
+    effort: str
+    instructions: str = ""
+    tools: list[ToolDescription] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # the conversation, after dev/system
+
+
+def user(text: str) -> Message:
+    return Message.from_role_and_content(Role.USER, text)
+
+
+def assistant_final(text: str) -> Message:
+    return Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final")
+
+
+def assistant_reasoning(text: str) -> Message:
+    return Message.from_role_and_content(Role.ASSISTANT, text).with_channel("analysis")
+
+
+def assistant_preamble(text: str) -> Message:
+    return Message.from_role_and_content(Role.ASSISTANT, text).with_channel("commentary")
+
+
+def tool_call(name: str, arguments: str) -> Message:
+    return (
+        Message.from_role_and_content(Role.ASSISTANT, arguments)
+        .with_channel("commentary")
+        .with_recipient(f"functions.{name}")
+        .with_content_type("<|constrain|>json")
+    )
+
+
+def tool_result(name: str, output: str) -> Message:
+    author = Author.new(Role.TOOL, f"functions.{name}")
+    return Message.from_author_and_content(author, output).with_channel("commentary").with_recipient("assistant")
+
+
+def drop_finished_reasoning(messages: list[Message]) -> list[Message]:
+    """Harmony's rule: the analysis of a turn that ended in a final answer is not shown again;
+    the analysis of the turn still in progress (tool calls since the last user message) is.
+    openai-harmony's auto_drop_analysis only looks before the first final message."""
+    last_user = max((i for i, m in enumerate(messages) if m.author.role == Role.USER), default=-1)
+    return [
+        m for i, m in enumerate(messages)
+        if not (i < last_user and m.author.role == Role.ASSISTANT and m.channel == "analysis")
+    ]
+
+
+def system_message(prompt: Prompt, identity: str, knowledge_cutoff: str) -> Message:
+    content = (
+        SystemContent.new()
+        .with_model_identity(identity)
+        .with_knowledge_cutoff(knowledge_cutoff)
+        .with_conversation_start_date(datetime.date.today().isoformat())
+        .with_reasoning_effort(EFFORTS[prompt.effort])
+    )
+    return Message.from_role_and_content(Role.SYSTEM, content)
+
+
+def render(encoding: HarmonyEncoding, prompt: Prompt, identity: str, knowledge_cutoff: str,
+           assistant_prefix: str = "") -> list[int]:
+    """Token ids of the whole prompt, ending with `<|start|>assistant` (plus a forced prefix)."""
+    messages = [system_message(prompt, identity, knowledge_cutoff)]
+    if prompt.instructions or prompt.tools:
+        developer = DeveloperContent.new()
+        if prompt.instructions:
+            developer = developer.with_instructions(prompt.instructions)
+        if prompt.tools:
+            developer = developer.with_function_tools(prompt.tools)
+        messages.append(Message.from_role_and_content(Role.DEVELOPER, developer))
+    messages.extend(drop_finished_reasoning(prompt.messages))
+    tokens = encoding.render_conversation_for_completion(
+        Conversation.from_messages(messages),
+        Role.ASSISTANT,
+        config=RenderConversationConfig(auto_drop_analysis=False),
+    )
+    if assistant_prefix:
+        tokens = tokens + encoding.encode(assistant_prefix, allowed_special="all")
+    return tokens

@@ -1,0 +1,135 @@
+"""Generated token ids -> what the client sees, through harmony's streaming parser.
+
+Each token goes to openai-harmony's StreamableParser (non-strict); the text it adds is routed
+by the message's channel and recipient:
+
+    analysis                      -> reasoning
+    final, commentary (no recipient), no channel -> content
+    recipient functions.NAME (any channel)       -> a tool call's arguments
+
+Replies that break the format are never lost: when the parser fails, or a header runs on
+without ever reaching <|message|>, the rest of the reply is decoded as plain content (no
+harmony markup), and a message that ended inside its header is delivered as content too.
+"""
+
+import codecs
+import logging
+from dataclasses import dataclass
+
+import toktok
+from openai_harmony import HarmonyEncoding, HarmonyError, Role, StreamableParser, StreamState
+
+log = logging.getLogger("swallow.reply")
+
+FIRST_SPECIAL_TOKEN = 199998
+MAX_HEADER_TOKENS = 48  # a real header is a handful of tokens; past this it is not one
+_vocabulary = toktok._encoding("o200k_harmony")
+
+
+@dataclass
+class Event:
+    kind: str  # "reasoning", "content", "tool_call" (text = the name), "tool_arguments"
+    text: str
+
+
+class ReplyParser:
+    def __init__(self, encoding: HarmonyEncoding):
+        self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
+        self._raw = None  # an incremental UTF-8 decoder once the reply left the format
+        self._header: list[int] = []  # tokens of the header being read
+        self._messages_seen = 0
+        self._emitted_in_message = False
+        self._call_open = False
+        self.reasoning_tokens = 0
+        self.done = False  # a final answer or a tool call is complete: nothing more to wait for
+
+    def feed(self, token: int) -> list[Event]:
+        if self._raw is not None:
+            return self._decode_raw([token])
+        try:
+            self._parser.process(token)
+        except HarmonyError as e:
+            log.warning("reply left the harmony format (%s); delivering it as content", e)
+            return self._leave_format([token])
+
+        events: list[Event] = []
+        state = self._parser.state
+        channel = self._parser.current_channel
+        if state == StreamState.HEADER:
+            self._header.append(token)
+            if len(self._header) > MAX_HEADER_TOKENS:
+                return self._leave_format([])
+        else:
+            self._header = []
+        if channel == "analysis" and not self._is_call(self._parser.current_recipient):
+            self.reasoning_tokens += 1
+        delta = self._parser.last_content_delta
+        if state == StreamState.CONTENT:
+            events.extend(self._route(delta))
+        events.extend(self._completed_messages())
+        return events
+
+    def finish(self) -> list[Event]:
+        """The generation ended (stop token or limit): deliver anything still held back."""
+        if self._raw is not None:
+            return self._decode_raw([], final=True)
+        # Cut off inside a header: a real one (it has special tokens) holds no text for the
+        # client; anything else was a reply without a header.
+        if self._header and all(t < FIRST_SPECIAL_TOKEN for t in self._header):
+            return self._leave_format([]) + self._decode_raw([], final=True)
+        return []
+
+    # ---- routing ---------------------------------------------------------------------
+
+    @staticmethod
+    def _is_call(recipient: str | None) -> bool:
+        return bool(recipient) and recipient.startswith("functions.")
+
+    def _route(self, delta: str | None) -> list[Event]:
+        recipient = self._parser.current_recipient
+        events = []
+        if self._is_call(recipient):
+            if not self._call_open:
+                self._call_open = True
+                events.append(Event("tool_call", recipient[len("functions."):]))
+            if delta:
+                events.append(Event("tool_arguments", delta))
+        elif delta:
+            kind = "reasoning" if self._parser.current_channel == "analysis" else "content"
+            events.append(Event(kind, delta))
+        if delta:
+            self._emitted_in_message = True
+        return events
+
+    def _completed_messages(self) -> list[Event]:
+        messages = self._parser.messages
+        events = []
+        for message in messages[self._messages_seen:]:
+            text = "".join(getattr(c, "text", "") for c in message.content)
+            is_call = self._is_call(message.recipient)
+            if not self._emitted_in_message and text and message.channel is None and not is_call:
+                events.append(Event("content", text))  # a reply with no usable header
+            if is_call and not self._call_open:
+                events.append(Event("tool_call", message.recipient[len("functions."):]))
+                if text:
+                    events.append(Event("tool_arguments", text))
+            if is_call or message.channel in ("final", None):
+                self.done = True
+            self._emitted_in_message = False
+            self._call_open = False
+        self._messages_seen = len(messages)
+        return events
+
+    # ---- outside the format ----------------------------------------------------------
+
+    def _leave_format(self, tokens: list[int]) -> list[Event]:
+        held, self._header = self._header, []
+        self._raw = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return self._decode_raw(held + tokens)
+
+    def _decode_raw(self, tokens: list[int], final: bool = False) -> list[Event]:
+        data = b"".join(
+            _vocabulary.decode_single_token_bytes(t) for t in tokens if t < FIRST_SPECIAL_TOKEN
+        )
+        text = self._raw.decode(data, final=final)
+        return [Event("content", text)] if text else []

@@ -1,0 +1,92 @@
+"""One assistant turn: submit the prompt to the engine, parse the tokens, yield what to send.
+
+Shared by every API layer. It yields `Event`s (reasoning, content, tool_call, tool_arguments)
+as the tokens come, then one `TurnEnd` with the finish reason and the token counts. Leaving
+the iteration early (client gone, stop string found, answer complete) cancels the generation,
+which frees its place in the batch at once.
+"""
+
+from dataclasses import dataclass
+
+from server.engine import Finished, Generation
+from server.reply import Event, ReplyParser
+
+
+@dataclass
+class TurnEnd:
+    finish_reason: str  # "stop", "length", "tool_calls" or "error"
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int = 0
+    error: str | None = None
+
+
+class StopMatcher:
+    """Cuts content at the first stop string, holding back text that may begin one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        keep = max(
+            (k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])),
+            default=0,
+        )
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+async def run_turn(generation: Generation, encoding, stops: list[str], prefix: list[int] = ()):
+    """`prefix`: tokens of a forced start of the reply, already at the end of the prompt.
+    The caller also cancels `generation` when it stops listening: a closed async generator's
+    cleanup may not get to run when its task is being cancelled."""
+    parser = ReplyParser(encoding)
+    for token in prefix:
+        for event in parser.feed(token):
+            yield event
+    stop = StopMatcher(stops)
+    completion_tokens, finish, error, called = 0, None, None, False
+    try:
+        async for item in generation.events():
+            if isinstance(item, Finished):
+                events = parser.finish()
+                finish = {"length": "length", "error": "error"}.get(item.reason, "stop")
+                error = item.error
+            else:
+                completion_tokens += 1
+                events = parser.feed(item)
+            for event in events:
+                if event.kind == "content":
+                    text, hit = stop.feed(event.text)
+                    if text:
+                        yield Event("content", text)
+                    if hit:
+                        finish = "stop"
+                        break
+                else:
+                    called = called or event.kind == "tool_call"
+                    yield event
+            if finish is not None or parser.done:
+                break
+    finally:
+        generation.cancel()
+    rest = stop.flush()
+    if rest:
+        yield Event("content", rest)
+    if called and finish != "length":
+        finish = "tool_calls"
+    yield TurnEnd(finish or "stop", len(generation.prompt), completion_tokens, parser.reasoning_tokens, error=error)
