@@ -31,8 +31,9 @@ def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:
         for t in tools
     ]
     if choice == "required":
-        # Start the reply inside a tool call's header; the model writes the name.
-        return names, descriptions, "<|channel|>commentary to=functions."
+        # Start the reply inside a tool call's header; the model writes ".NAME" (a dot is
+        # usually merged with the name's first piece, so the prefix stops before it).
+        return names, descriptions, "<|channel|>commentary to=functions"
     if choice == "auto":
         return names, descriptions, ""
     wanted = choice.function.get("name")

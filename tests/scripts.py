@@ -1,0 +1,64 @@
+"""What the scripted test model answers, trigger by trigger (see models/scripted.py).
+
+Each reply is a whole assistant turn in harmony markup; the tests compare what the server
+returns with the plain texts below.
+"""
+
+JAPANESE_REASONING = "足し算です。2と2を足すと4になります 🤔"
+JAPANESE_ANSWER = "答えは **4** です。🎉 ありがとう！"
+
+LONG_WORDS = " ".join(f"word{i}" for i in range(3000))
+STOP_ANSWER = "alpha beta END gamma delta"
+
+TOOL_ARGUMENTS = '{"city": "Tokyo", "unit": "celsius", "details": "' + "temperature humidity wind " * 8 + '"}'
+TOOL_ANSWER = "It is sunny in Tokyo."
+
+
+def final(text: str) -> str:
+    return f"<|channel|>final<|message|>{text}<|return|>"
+
+
+def thought(reasoning: str, answer: str) -> str:
+    return f"<|channel|>analysis<|message|>{reasoning}<|end|><|start|>assistant{final(answer)}"
+
+
+SCRIPTS = {
+    # channel split, with multi-byte characters split across tokens
+    "What is 2+2?": thought(JAPANESE_REASONING, JAPANESE_ANSWER),
+    # a reply with no channel header at all
+    "Reply without a header": "Just plain words, no header.<|return|>",
+    # a header the parser can't read
+    "Reply with a broken header": "<|channel|>final<|channel|>final<|message|>Still delivered.<|return|>",
+    # a final message closed with <|end|> instead of <|return|>, then more: the answer ends at <|end|>
+    "Reply ending with end": "<|channel|>final<|message|>Done here.<|end|><|start|>assistant<|channel|>final<|message|>extra<|return|>",
+    # long answers, for limits and disconnects
+    "Write a long essay": thought("Plan the essay.", LONG_WORDS),
+    # stop strings cut the answer, not the reasoning
+    "Stop test": thought("The reasoning mentions END too.", STOP_ANSWER),
+    # what reached the prompt: the effort line of the system message and the instructions
+    "Reasoning: low": final("effort=low"),
+    "Reasoning: medium": final("effort=medium"),
+    "Reasoning: high": final("effort=high"),
+    "Speak like a pirate.": final("Arr, instructions received."),
+    # a tool loop: first a call, then (after the tool result) the answer
+    "What is the weather in Tokyo?": [
+        "<|channel|>analysis<|message|>I should call the weather tool.<|end|>"
+        f"<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{TOOL_ARGUMENTS}<|call|>",
+        thought("The tool says sunny.", TOOL_ANSWER),
+    ],
+    # a call written on the analysis channel, recipient after the channel
+    "Call on analysis": f"<|channel|>analysis to=functions.get_weather<|message|>{{\"city\": \"Osaka\"}}<|call|>",
+    # a preamble (commentary without recipient) before a call
+    "Preamble then call": (
+        "<|channel|>commentary<|message|>Let me check.<|end|>"
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Kyoto\"}<|call|>"
+    ),
+    # a call to a tool whose client name is not an identifier ("get weather-now")
+    "Use the odd tool": "<|channel|>commentary to=functions.get_weather_now <|constrain|>json<|message|>{}<|call|>",
+}
+
+# tool_choice: a reply that is a call from its first token, so a forced header fits it
+NAGOYA_CALL = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Nagoya\"}<|call|>"
+SCRIPTS["Weather please"] = NAGOYA_CALL
+# shows whether the tool definitions reached the developer message
+SCRIPTS["// Get the current weather for a city."] = final("I can see the weather tool.")
