@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import hf_layout
 from .errors import ModelError
 from .vocab import load_harmony_encoding_offline
 
@@ -169,6 +170,11 @@ def load_model(spec: str, *, trust_remote_code: bool = False) -> LoadedModel:
     check_memory(path)
     encoding = load_harmony_encoding_offline(path)
 
+    # GPT-OSS checkpoints come in three layouts (MLX, MXFP4, transformers' bf16); mlx-lm reads
+    # only the first two without the patch.
+    hf_layout.install()
+    if config.get("model_type") == "gpt_oss":
+        logger.info("Checkpoint layout: %s", hf_layout.checkpoint_layout(path))
     try:
         model, config = mlx_load_model(path, lazy=True, trust_remote_code=trust_remote_code)
     except (ValueError, FileNotFoundError, KeyError) as e:
