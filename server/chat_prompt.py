@@ -15,7 +15,7 @@ def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:
     """(name mapping, tool descriptions shown to the model, forced reply prefix)."""
     tools = body.tools or []
     names = ToolNames([t.function.name for t in tools])
-    if len(names.to_client) != len(tools):
+    if len(names.to_model) != len(tools):
         raise invalid_request("tools: function names must be unique", param="tools")
     for i, tool in enumerate(tools):
         problem = check_parameters(tool.function.name, tool.function.parameters)

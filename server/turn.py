@@ -55,11 +55,12 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
     The caller also cancels `generation` when it stops listening: a closed async generator's
     cleanup may not get to run when its task is being cancelled."""
     parser = ReplyParser(encoding)
+    completion_tokens, finish, error, called = 0, None, None, False
     for token in prefix:
         for event in parser.feed(token):
+            called = called or event.kind == "tool_call"
             yield event
     stop = StopMatcher(stops)
-    completion_tokens, finish, error, called = 0, None, None, False
     try:
         async for item in generation.events():
             if isinstance(item, Finished):

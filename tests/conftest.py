@@ -119,3 +119,11 @@ def scripted_server(start_server, scripted_model) -> RunningServer:
 @pytest.fixture(scope="session")
 def client(scripted_server) -> openai.OpenAI:
     return scripted_server.client()
+
+
+@pytest.fixture(scope="session")
+def encoding(scripted_model):
+    """Harmony's encoding, loaded offline from a model directory's tokenizer.json."""
+    from models.vocab import load_harmony_encoding_offline
+
+    return load_harmony_encoding_offline(scripted_model)

@@ -61,4 +61,25 @@ SCRIPTS = {
 NAGOYA_CALL = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Nagoya\"}<|call|>"
 SCRIPTS["Weather please"] = NAGOYA_CALL
 # shows whether the tool definitions reached the developer message
-SCRIPTS["// Get the current weather for a city."] = final("I can see the weather tool.")
+SCRIPTS[" Get the current weather for a city"] = final("I can see the weather tool.")
+
+# ---- Responses API (tests/test_responses.py) ----
+# a conversation that needs its history: the second turn is only scripted when the first
+# user message is still in the prompt (previous_response_id); without it the default reply comes
+REMEMBER_FIRST = "Noted, I will remember it."
+REMEMBER_SECOND = "You asked me to remember pineapple."
+SCRIPTS["Remember the word pineapple."] = [final(REMEMBER_FIRST), final(REMEMBER_SECOND)]
+# a call to a function of a namespace (Codex CLI's multi_agent_v1), flattened to one name
+SCRIPTS["Spawn a helper agent"] = (
+    "<|channel|>analysis<|message|>I will spawn an agent.<|end|>"
+    "<|start|>assistant to=functions.multi_agent_v1_spawn_agent<|channel|>commentary <|constrain|>json"
+    "<|message|>{\"message\": \"help\"}<|call|>"
+)
+# what Codex CLI's `codex exec` runs into: a shell command through exec_command, then an answer
+CODEX_COMMAND_ANSWER = "The directory listing worked."
+SCRIPTS["Codex: list the files"] = [
+    "<|channel|>analysis<|message|>I should list the files with a shell command.<|end|>"
+    "<|start|>assistant to=functions.exec_command<|channel|>commentary <|constrain|>json"
+    "<|message|>{\"cmd\": \"ls\"}<|call|>",
+    thought("The command printed the files.", CODEX_COMMAND_ANSWER),
+]

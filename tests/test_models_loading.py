@@ -113,13 +113,14 @@ def test_special_tokens_at_their_ids(tokenizer_dir):
 
 
 def test_tokenizer_config_loads_in_transformers(tokenizer_dir):
-    from transformers import AutoTokenizer, convert_slow_tokenizer
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     assert (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id) == (200002, 199999, 199998)
-    assert convert_slow_tokenizer.bytes_to_unicode() == vocab.byte_to_unicode()
+    assert bytes_to_unicode() == vocab.byte_to_unicode()
 
 
 def test_harmony_encoding_needs_tokenizer_json(tmp_path):
