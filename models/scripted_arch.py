@@ -20,6 +20,7 @@ This file must stay self-contained: mlx-lm loads it by path, outside any package
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 import mlx.nn as nn
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
@@ -38,35 +39,33 @@ class ModelArgs(BaseModelArgs):
     default_reply: list = field(default_factory=list)
 
 
-def _last_occurrence_end(history: list, needle: list) -> int:
+def _last_occurrence_end(history: np.ndarray, needle: list) -> int:
     """Index just past the last occurrence of `needle` in `history`, or -1."""
     n = len(needle)
-    for end in range(len(history), n - 1, -1):
-        if history[end - n : end] == needle:
-            return end
-    return -1
+    if n == 0 or n > len(history):
+        return -1
+    windows = np.lib.stride_tricks.sliding_window_view(history, n)
+    found = np.flatnonzero((windows == np.asarray(needle)).all(axis=1))
+    return int(found[-1]) + n if len(found) else -1
 
 
-def next_scripted_token(history: list, scripts: list, default_reply: list) -> int:
+def next_scripted_token(history: np.ndarray, scripts: list, default_reply: list) -> int:
     replies, trigger_end = [default_reply], 0
     for script in scripts:
         end = _last_occurrence_end(history, script["trigger"])
         if end > trigger_end:
             replies, trigger_end = script["replies"], end
 
-    # Messages from someone other than the assistant since the trigger (tool results).
-    others = [
-        i
-        for i in range(trigger_end, len(history) - 1)
-        if history[i] == START and history[i + 1] != ASSISTANT
-    ]
-    turn_start = others[-1] if others else trigger_end
-    reply = replies[min(len(others), len(replies) - 1)]
-    for i in range(turn_start, len(history) - 1):
-        if history[i] == START and history[i + 1] == ASSISTANT:
-            position = len(history) - (i + 2)
-            return reply[position] if position < len(reply) else RETURN
-    return RETURN
+    # Headers after the trigger: messages from others (tool results) and assistant turns.
+    starts = trigger_end + np.flatnonzero(history[trigger_end:-1] == START)
+    from_others = starts[history[starts + 1] != ASSISTANT]
+    turn_start = int(from_others[-1]) if len(from_others) else trigger_end
+    reply = replies[min(len(from_others), len(replies) - 1)]
+    assistant = starts[(starts >= turn_start) & (history[starts + 1] == ASSISTANT)]
+    if not len(assistant):
+        return RETURN
+    position = len(history) - (int(assistant[0]) + 2)
+    return reply[position] if position < len(reply) else RETURN
 
 
 class Model(nn.Module):
@@ -89,7 +88,7 @@ class Model(nn.Module):
         ids = inputs.astype(mx.float32)[:, None, :, None]
         if cache is not None and cache[0] is not None:
             ids, _ = cache[0].update_and_fetch(ids, ids)
-        histories = ids[:, 0, :, 0].astype(mx.int32).tolist()
+        histories = np.array(ids[:, 0, :, 0].astype(mx.int32))
         targets = [
             next_scripted_token(h, self.args.scripts, self.args.default_reply)
             for h in histories
