@@ -37,10 +37,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.server
     settings = state.settings
     prompt, names, prefix = build_prompt(body, settings.reasoning_effort)
-    tokens = harmony.render(state.encoding, prompt, settings.model_identity, settings.knowledge_cutoff, prefix)
+    tokens, shared_head = harmony.render_with_boundary(
+        state.encoding, prompt, settings.model_identity, settings.knowledge_cutoff, prefix)
     prefix_tokens = state.encoding.encode(prefix, allowed_special="all") if prefix else []
     max_tokens = check_context(state, len(tokens), body.max_completion_tokens or body.max_tokens)
-    generation = state.engine.submit(tokens, max_tokens, sampling_params(body, settings))
+    generation = state.engine.submit(tokens, max_tokens, sampling_params(body, settings), [shared_head])
     turn = run_turn(generation, state.encoding, body.stop_strings(), prefix_tokens)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
     if body.stream:

@@ -7,16 +7,21 @@ tables are only for reading, the names are unique across them.
 
 import logging
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 log = logging.getLogger("swallow.config")
 
 DEFAULT_MODEL = "tocchitocchi/GPT-OSS-Swallow-20B-RL-v0.1-6bit-mlx"
 ENV_PREFIX = "SWALLOW_"
+# Pages these origins serve may call the API by default: this machine's, on any port.
+LOCAL_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]")
+                      for scheme in ("http", "https"))
+ORIGIN_PATTERN = re.compile(r"\*|[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:(\d+|\*))?", re.IGNORECASE)
 
 
 class Settings(BaseModel):
@@ -26,6 +31,16 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # [security]
+    api_key: str = ""  # empty: no key; else /v1/* wants "Authorization: Bearer <key>"
+    cors_origins: list[str] = Field(default_factory=lambda: list(LOCAL_ORIGINS))  # see _origins
+    max_body_mb: int = Field(16, ge=1)  # larger request bodies get 413
+
+    # [limits]
+    max_concurrency: int = Field(0, ge=0)  # requests generating at once; 0: max_batch_size
+    max_queue: int = Field(64, ge=0)  # requests waiting for a slot; past both: 429
+    shutdown_timeout: float = Field(30, ge=0)  # seconds requests in flight get on SIGTERM
 
     # [model]
     model: str = DEFAULT_MODEL
@@ -46,6 +61,26 @@ class Settings(BaseModel):
     # [engine]
     max_batch_size: int = Field(16, ge=1)
     prefill_step_size: int = Field(2048, ge=16)
+    prompt_cache_mb: int = Field(2048, ge=0)  # 0: no prompt cache
+
+    # [responses]
+    data_dir: str = ""  # stored responses (SQLite); empty: <cache dir>/responses
+
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value):
+        """A list, or one comma-separated string (environment, command line). Each entry is an
+        origin ("https://app.example.com", "http://localhost:3000"), one with any port
+        ("http://localhost:*"), or "*" (every origin)."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for origin in value:
+                if not isinstance(origin, str) or not ORIGIN_PATTERN.fullmatch(origin):
+                    raise ValueError(f"{origin!r} is not an origin like http://localhost:3000, "
+                                     "http://localhost:* (any port) or *")
+        return value
 
 
 class ConfigError(Exception):

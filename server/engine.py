@@ -5,6 +5,14 @@ run on this one thread (as mlx_lm.server does). The event loop talks to it throu
 queue (submit, cancel) and gets tokens back through an asyncio.Queue per request, so it never
 blocks on MLX. Requests join and leave the running batch as they come and go: continuous
 batching, with each request's own sampler, penalties and token limit.
+
+The prompt cache (mlx-lm's LRUPromptCache, a trie of KV caches under a byte budget) keeps the
+cache as it stood at segment ends of a prompt (after the system and developer messages, and
+one token before the prompt's end) and at the end of each reply. GPT-OSS's sliding-window
+layers use RotatingKVCache, which cannot be trimmed back once more than its window was
+written, and the next turn re-renders the previous reply without its analysis: so the reply's
+own cache rarely helps, while the copy taken at the end of the prompt is always a prefix of
+the next turn's prompt.
 """
 
 import asyncio
@@ -15,6 +23,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
@@ -24,6 +33,7 @@ log = logging.getLogger("swallow.engine")
 
 # <|return|> ends an answer, <|call|> a tool call; <|endoftext|> should never come but ends too.
 STOP_TOKENS = (200002, 200012, 199999)
+CACHE_KEY = "model"  # one model per server: the trie's model key is constant
 
 
 @dataclass
@@ -40,10 +50,12 @@ class Generation:
     max_tokens: int
     sampling: SamplingParams
     loop: asyncio.AbstractEventLoop
+    boundaries: tuple = ()  # prompt offsets worth a cache copy (end of system + developer)
     output: asyncio.Queue = field(default_factory=asyncio.Queue)
     uid: int | None = None
     engine: "Engine | None" = None
     finished: bool = False
+    cached_tokens: int = 0  # prompt tokens taken from the prompt cache
 
     def _deliver(self, item) -> None:
         # Called on the engine thread.
@@ -74,6 +86,8 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="swallow-engine", daemon=True)
         self._active: dict[int, Generation] = {}
         self.waiting = 0  # submitted, not yet in the batch
+        budget = settings.prompt_cache_mb * 2**20
+        self.prompt_cache = LRUPromptCache(max_size=256, max_bytes=budget) if budget > 0 else None
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -96,11 +110,20 @@ class Engine:
     def running(self) -> int:
         return len(self._active)
 
-    def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams) -> Generation:
-        generation = Generation(prompt, max_tokens, sampling, asyncio.get_running_loop(), engine=self)
+    def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams, boundaries=()) -> Generation:
+        generation = Generation(prompt, max_tokens, sampling, asyncio.get_running_loop(),
+                                boundaries=tuple(boundaries), engine=self)
         self.waiting += 1
         self._commands.put(("submit", generation))
         return generation
+
+    def cache_stats(self) -> dict:
+        cache = self.prompt_cache
+        return {
+            "entries": len(cache) if cache is not None else 0,
+            "bytes": cache.nbytes if cache is not None else 0,
+            "budget_bytes": cache.max_bytes if cache is not None else 0,
+        }
 
     def stop(self) -> None:
         self._commands.put(("stop", None))
@@ -123,7 +146,8 @@ class Engine:
             if not self._active:
                 continue
             try:
-                _, responses = batch.next()
+                prompt_responses, responses = batch.next()
+                self._keep_segment_caches(batch, prompt_responses)
             except Exception as e:
                 log.exception("generation step failed")
                 for generation in self._active.values():
@@ -139,6 +163,7 @@ class Engine:
                 if response.finish_reason is not None:
                     generation._deliver(Finished(response.finish_reason))
                     del self._active[response.uid]
+                    self._keep(response.all_tokens, response.prompt_cache)
         self.loaded = None
 
     def _new_batch(self) -> BatchGenerator:
@@ -170,12 +195,46 @@ class Engine:
                 del self._active[generation.uid]
                 generation._deliver(Finished("cancelled"))
 
+    def _keep(self, tokens: list, cache: list) -> None:
+        if self.prompt_cache is not None and tokens:
+            self.prompt_cache.insert_cache(CACHE_KEY, list(tokens), cache)
+
+    def _keep_segment_caches(self, batch: BatchGenerator, prompt_responses: list) -> None:
+        """Copies of the cache where a prompt segment ended (not its last token: that one
+        is processed as the first generation step)."""
+        if self.prompt_cache is None:
+            return
+        uids = [r.uid for r in prompt_responses if r.end_of_segment and not r.end_of_prompt]
+        for cache, tokens in batch.extract_cache(uids).values():
+            self._keep(tokens, cache)
+
+    def _cached_start(self, prompt: list) -> tuple[list | None, int]:
+        """The nearest cached prefix: (its cache, how many prompt tokens it covers). At least
+        one prompt token is left to process, since generation starts from it."""
+        if self.prompt_cache is None:
+            return None, 0
+        cache, rest = self.prompt_cache.fetch_nearest_cache(CACHE_KEY, prompt[:-1])
+        return (cache, len(prompt) - 1 - len(rest)) if cache is not None else (None, 0)
+
+    @staticmethod
+    def _segments(prompt: list, start: int, boundaries: tuple) -> list[list]:
+        cuts = [b for b in sorted(boundaries) if start < b < len(prompt)] + [len(prompt)]
+        segments, previous = [], start
+        for cut in cuts:
+            segments.append(prompt[previous:cut])
+            previous = cut
+        return segments
+
     def _insert(self, batch: BatchGenerator, generation: Generation) -> None:
         if generation.finished:  # cancelled while waiting
             return
+        prompt = generation.prompt
+        cache, cached = self._cached_start(prompt)
         try:
-            (uid,) = batch.insert(
-                [generation.prompt],
+            (uid,) = batch.insert_segments(
+                [self._segments(prompt, cached, generation.boundaries)],
+                caches=[cache],
+                all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
                 samplers=[make_request_sampler(generation.sampling)],
                 logits_processors=[make_request_processors(generation.sampling)],
@@ -185,4 +244,5 @@ class Engine:
             generation._deliver(Finished("error", str(e)))
             return
         generation.uid = uid
+        generation.cached_tokens = cached
         self._active[uid] = generation

@@ -84,23 +84,31 @@ def system_message(prompt: Prompt, identity: str, knowledge_cutoff: str) -> Mess
     return Message.from_role_and_content(Role.SYSTEM, content)
 
 
-def render(encoding: HarmonyEncoding, prompt: Prompt, identity: str, knowledge_cutoff: str,
-           assistant_prefix: str = "") -> list[int]:
-    """Token ids of the whole prompt, ending with `<|start|>assistant` (plus a forced prefix)."""
-    messages = [system_message(prompt, identity, knowledge_cutoff)]
+def render_with_boundary(encoding: HarmonyEncoding, prompt: Prompt, identity: str, knowledge_cutoff: str,
+                         assistant_prefix: str = "") -> tuple[list[int], int]:
+    """(token ids of the whole prompt, ending with `<|start|>assistant` plus a forced prefix;
+    the offset where the system and developer messages end). The offset marks the part that
+    requests with the same instructions and tools share, worth a prompt-cache copy."""
+    head = [system_message(prompt, identity, knowledge_cutoff)]
     if prompt.instructions or prompt.tools:
         developer = DeveloperContent.new()
         if prompt.instructions:
             developer = developer.with_instructions(prompt.instructions)
         if prompt.tools:
             developer = developer.with_function_tools(prompt.tools)
-        messages.append(Message.from_role_and_content(Role.DEVELOPER, developer))
-    messages.extend(drop_finished_reasoning(prompt.messages))
+        head.append(Message.from_role_and_content(Role.DEVELOPER, developer))
     tokens = encoding.render_conversation_for_completion(
-        Conversation.from_messages(messages),
+        Conversation.from_messages(head + drop_finished_reasoning(prompt.messages)),
         Role.ASSISTANT,
         config=RenderConversationConfig(auto_drop_analysis=False),
     )
+    boundary = sum(len(encoding.render(m)) for m in head)
     if assistant_prefix:
         tokens = tokens + encoding.encode(assistant_prefix, allowed_special="all")
-    return tokens
+    return tokens, boundary
+
+
+def render(encoding: HarmonyEncoding, prompt: Prompt, identity: str, knowledge_cutoff: str,
+           assistant_prefix: str = "") -> list[int]:
+    """Token ids of the whole prompt, ending with `<|start|>assistant` (plus a forced prefix)."""
+    return render_with_boundary(encoding, prompt, identity, knowledge_cutoff, assistant_prefix)[0]

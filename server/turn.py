@@ -90,4 +90,5 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
         yield Event("content", rest)
     if called and finish != "length":
         finish = "tool_calls"
-    yield TurnEnd(finish or "stop", len(generation.prompt), completion_tokens, parser.reasoning_tokens, error=error)
+    yield TurnEnd(finish or "stop", len(generation.prompt), completion_tokens, parser.reasoning_tokens,
+                  cached_tokens=generation.cached_tokens, error=error)
