@@ -1,0 +1,110 @@
+"""The command line: settings precedence, clear failures, and the demo model end to end."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from server.config import ConfigError, load_settings
+from tests.conftest import ROOT
+
+
+def run_cli(*args, env=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_settings_precedence(tmp_path, monkeypatch):
+    config = tmp_path / "settings.toml"
+    config.write_text('[server]\nport = 9001\nhost = "0.0.0.0"\n[generation]\ntemperature = 0.2\ntop_k = 5\n')
+    monkeypatch.setenv("SWALLOW_PORT", "9002")
+    monkeypatch.setenv("SWALLOW_TOP_K", "7")
+    settings = load_settings(str(config), {"port": 9003, "host": None})
+    assert settings.port == 9003            # command line beats environment
+    assert settings.top_k == 7              # environment beats the file
+    assert settings.host == "0.0.0.0"       # the file beats the defaults
+    assert settings.temperature == 0.2
+    assert settings.top_p == 0.95           # the default (the model card's)
+
+
+def test_repository_config_file_is_valid_and_matches_the_defaults():
+    from server.config import Settings
+
+    assert load_settings(str(ROOT / "config.toml")) == Settings()
+
+
+def test_bad_settings_are_reported(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[generation]\ntemperature = 9\n")
+    with pytest.raises(ConfigError, match="temperature"):
+        load_settings(str(config))
+    config.write_text("port = [\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(str(config))
+    result = run_cli("--config", str(config))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["/no/such/model/dir", "nobody-here/no-such-model-xyz"])
+def test_unavailable_model_exits_with_one_clear_message(model, cache_dir):
+    result = run_cli("--model", model, "--port", "0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "--model demo" in result.stderr and "--model PATH" in result.stderr
+
+
+def test_model_file_needs_trust_remote_code(scripted_model):
+    result = run_cli("--model", str(scripted_model), "--port", "0")
+    assert result.returncode == 1
+    assert "--trust-remote-code" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_server(start_server):
+    return start_server(["--model", "demo"])
+
+
+def test_demo_model_serves_the_whole_api(demo_server):
+    client = demo_server.client()
+    assert [m.id for m in client.models.list().data] == ["demo"]
+    reply = client.chat.completions.create(model="demo", max_tokens=20,
+                                           messages=[{"role": "user", "content": "Hello!"}])
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= 20
+    chunks = list(client.chat.completions.create(model="demo", max_tokens=20, stream=True,
+                                                 messages=[{"role": "user", "content": "Hello!"}]))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert "random noise" in demo_server.log()
+
+
+def test_seed_makes_sampling_reproducible(demo_server):
+    client = demo_server.client()
+
+    def sample(seed):
+        reply = client.chat.completions.create(model="demo", max_tokens=24, temperature=1.0, seed=seed,
+                                               messages=[{"role": "user", "content": "Pick words."}])
+        message = reply.choices[0].message
+        return (message.content, getattr(message, "reasoning_content", None))
+
+    assert sample(7) == sample(7)
+    assert len({sample(s) for s in (1, 2, 3)}) > 1
+
+
+def test_seed_is_reproducible_inside_a_busy_batch(demo_server):
+    import asyncio
+
+    client = demo_server.async_client()
+
+    async def sample(seed):
+        reply = await client.chat.completions.create(model="demo", max_tokens=24, temperature=1.0, seed=seed,
+                                                     messages=[{"role": "user", "content": "Pick words."}])
+        return reply.choices[0].message.content
+
+    async def alone_then_together():
+        alone = await sample(11)
+        together = await asyncio.gather(sample(11), sample(None), sample(None), sample(11))
+        return alone, together
+
+    alone, together = asyncio.run(alone_then_together())
+    assert together[0] == alone and together[3] == alone
