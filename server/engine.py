@@ -51,6 +51,7 @@ class Generation:
     sampling: SamplingParams
     loop: asyncio.AbstractEventLoop
     boundaries: tuple = ()  # prompt offsets worth a cache copy (end of system + developer)
+    processors: tuple = ()  # extra logits processors (reasoning controls, grammars), run last
     output: asyncio.Queue = field(default_factory=asyncio.Queue)
     uid: int | None = None
     engine: "Engine | None" = None
@@ -110,9 +111,10 @@ class Engine:
     def running(self) -> int:
         return len(self._active)
 
-    def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams, boundaries=()) -> Generation:
+    def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams, boundaries=(),
+               processors=()) -> Generation:
         generation = Generation(prompt, max_tokens, sampling, asyncio.get_running_loop(),
-                                boundaries=tuple(boundaries), engine=self)
+                                boundaries=tuple(boundaries), processors=tuple(processors), engine=self)
         self.waiting += 1
         self._commands.put(("submit", generation))
         return generation
@@ -237,7 +239,7 @@ class Engine:
                 all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
                 samplers=[make_request_sampler(generation.sampling)],
-                logits_processors=[make_request_processors(generation.sampling)],
+                logits_processors=[make_request_processors(generation.sampling) + list(generation.processors)],
             )
         except Exception as e:
             log.exception("could not start a generation")
