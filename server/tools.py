@@ -54,3 +54,12 @@ def check_parameters(name: str, parameters) -> str | None:
     if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
         return f"tool {name!r}: parameters.required must be a list of property names"
     return None
+
+
+def forced_call_prefix(model_name: str | None = None) -> str:
+    """The start of a reply that must be a tool call: to any function (None), or to the named one.
+    For any function the prefix stops before the dot, which the model writes merged with the
+    name's first piece."""
+    if model_name is None:
+        return "<|channel|>commentary to=functions"
+    return f"<|channel|>commentary to=functions.{model_name} <|constrain|>json<|message|>"

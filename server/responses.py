@@ -1,0 +1,164 @@
+"""POST /v1/responses (stream and non-stream), GET and DELETE /v1/responses/{id}.
+
+A thin layer over what chat completions use too: input items become a harmony Prompt
+(responses_prompt.py), prompt.render makes the tokens, the engine generates, run_turn parses,
+and OutputBuilder turns the turn's events into output items and stream events. Stored responses
+(responses_store.py) let a request continue with `previous_response_id`.
+"""
+
+import asyncio
+import itertools
+import json
+import logging
+import sqlite3
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import TypeAdapter
+
+from server import prompt as harmony
+from server import reply_plan
+from server.errors import APIError, error_body
+from server.responses_output import OutputBuilder, ResponseShell, final_status
+from server.responses_prompt import build_prompt
+from server.responses_schema import InputItem, ResponsesRequest
+from server.responses_store import ResponseStore
+from server.state import ServerState, check_context, sampling_params
+from server.turn import TurnEnd, run_turn
+
+log = logging.getLogger("swallow.responses")
+router = APIRouter()
+ITEMS = TypeAdapter(list[InputItem])
+LAST_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
+
+
+def _store(request: Request) -> ResponseStore:
+    return request.app.state.responses_store
+
+
+def _not_found(response_id: str) -> APIError:
+    return APIError(404, f"No response found with id {response_id!r}.", type="not_found_error",
+                    param="response_id", code="response_not_found")
+
+
+@router.post("/v1/responses")
+async def create_response(body: ResponsesRequest, request: Request):
+    state: ServerState = request.app.state.server
+    settings = state.settings
+    store = _store(request)
+    history = []
+    if body.previous_response_id:
+        stored = store.conversation(body.previous_response_id)
+        if stored is None:
+            raise APIError(400, f"Previous response with id {body.previous_response_id!r} not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        history = ITEMS.validate_python(stored)
+    prompt, tools = build_prompt(body, history, settings.reasoning_effort)
+    plan = await reply_plan.prepare(reply_plan.asked_by_responses(body, tools, bool(prompt.tools)), state)
+    plan.add_format(prompt)
+    tokens, shared_head = harmony.render_with_boundary(
+        state.encoding, prompt, settings.model_identity, settings.knowledge_cutoff, tools.prefix)
+    prefix_tokens = state.encoding.encode(tools.prefix, allowed_special="all") if tools.prefix else []
+    try:
+        max_tokens = check_context(state, len(tokens), body.max_output_tokens)
+    except APIError as e:
+        e.param = "input"
+        raise
+    sampling = sampling_params(body, settings)
+    shell = ResponseShell(body, state.model_id, prompt.effort, sampling)
+    builder = OutputBuilder(tools, body.wants_encrypted_reasoning())
+    conversation = [item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]]
+
+    def finished(end: TurnEnd) -> dict:
+        problem = plan.problem(end, max_tokens)  # structured output that can't be given
+        status = "failed" if problem else final_status(end)
+        error = {"code": "server_error", "message": f"The generation failed: {end.error}"} if status == "failed" else None
+        if problem:
+            error = {"code": problem.code, "message": problem.message}
+        response = {**shell.snapshot(status, builder.output, end, error), **plan.fields()}
+        if body.store and status != "failed":
+            try:
+                store.save(response, conversation + builder.output)
+            except sqlite3.Error:
+                log.exception("could not store response %s", response["id"])
+        return response
+
+    control = plan.control(state.encoding, prefix_tokens, max_tokens)
+    generation = state.engine.submit(tokens, max_tokens, sampling, [shared_head], processors=[control])
+    turn = plan.watch(run_turn(generation, state.encoding, [], prefix_tokens))
+    if body.stream:
+        return StreamingResponse(_stream(turn, generation, shell, builder, finished, len(tokens)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await _complete(turn, generation, builder, finished, request, plan, max_tokens)
+
+
+async def _collect(turn, builder: OutputBuilder) -> TurnEnd:
+    async for event in turn:
+        if isinstance(event, TurnEnd):
+            builder.finish(event)
+            return event
+        builder.feed(event)
+
+
+async def _complete(turn, generation, builder: OutputBuilder, finished, request: Request, plan, max_tokens: int):
+    collecting = asyncio.ensure_future(_collect(turn, builder))
+    # A client that hangs up stops its generation: cancelling the task closes the turn.
+    while not collecting.done():
+        done, _ = await asyncio.wait({collecting}, timeout=0.5)
+        if not done and await request.is_disconnected():
+            generation.cancel()
+            collecting.cancel()
+            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
+    end = collecting.result()
+    if end.finish_reason == "error":
+        raise APIError(500, f"The generation failed: {end.error}", type="server_error")
+    problem = plan.problem(end, max_tokens)
+    if problem is not None:
+        raise problem
+    return finished(end)
+
+
+def _sse(event: dict, counter) -> str:
+    event = {"type": event["type"], "sequence_number": next(counter), **event}
+    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _stream(turn, generation, shell: ResponseShell, builder: OutputBuilder, finished, prompt_tokens: int):
+    counter = itertools.count()
+    yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
+    yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
+    end = None
+    try:
+        async for event in turn:
+            if isinstance(event, TurnEnd):
+                end = event
+            else:
+                for out in builder.feed(event):
+                    yield _sse(out, counter)
+    except Exception as e:  # never a broken stream: the client gets response.failed
+        log.exception("the turn failed")
+        end = TurnEnd("error", prompt_tokens, 0, 0, error=str(e))
+    finally:
+        generation.cancel()  # when the client left: free its place in the batch now
+    if end is None:
+        end = TurnEnd("error", prompt_tokens, 0, 0, error="the generation ended without a result")
+    for out in builder.finish(end):
+        yield _sse(out, counter)
+    response = finished(end)
+    yield _sse({"type": LAST_EVENT[response["status"]], "response": response}, counter)
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, request: Request):
+    response = _store(request).response(response_id)
+    if response is None:
+        raise _not_found(response_id)
+    return response
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request):
+    if not _store(request).delete(response_id):
+        raise _not_found(response_id)
+    return {"id": response_id, "object": "response.deleted", "deleted": True}

@@ -1,0 +1,187 @@
+"""A turn's events -> Responses output items, and the stream events that build them.
+
+One builder serves both modes: a streamed response sends the events it returns, a non-streamed
+one only keeps the items, so both carry the same output. Consecutive events of one kind make one
+item: reasoning -> a `reasoning` item (its text as `reasoning_text` content), content -> a
+`message` item (`output_text`), a tool call and its arguments -> a `function_call` item with the
+arguments streamed as they are generated. Events come in OpenAI's order:
+
+    output_item.added
+      (reasoning) reasoning_text.delta... reasoning_text.done
+      (message)   content_part.added, output_text.delta... output_text.done, content_part.done
+      (call)      function_call_arguments.delta... function_call_arguments.done
+    output_item.done
+"""
+
+import time
+import uuid
+
+from server.reply import Event
+from server.responses_prompt import ToolSet, encrypt_reasoning
+from server.turn import TurnEnd
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+KINDS = {"reasoning": "reasoning", "content": "message", "tool_call": "function_call", "tool_arguments": "function_call"}
+
+
+class OutputBuilder:
+    def __init__(self, tools: ToolSet, encrypted_reasoning: bool):
+        self.tools = tools
+        self.encrypted_reasoning = encrypted_reasoning
+        self.output: list[dict] = []  # finished items
+        self._item: dict | None = None  # the item being generated
+        self._text: list[str] = []
+
+    def feed(self, event: Event) -> list[dict]:
+        kind = KINDS.get(event.kind)
+        if kind is None:
+            return []
+        events = []
+        if event.kind == "tool_call" or self._item is None or self._item["type"] != kind:
+            if event.kind == "tool_arguments":
+                return []  # arguments of no call: the parser never sends them
+            events += self._close("completed")
+            events += self._open(kind, event.text)
+            if event.kind == "tool_call":
+                return events
+        if event.text:
+            events += self._delta(event.text)
+        return events
+
+    def finish(self, end: TurnEnd) -> list[dict]:
+        return self._close("completed" if end.finish_reason in ("stop", "tool_calls") else "incomplete")
+
+    # ---- items -----------------------------------------------------------------------
+
+    def _where(self) -> dict:
+        return {"item_id": self._item["id"], "output_index": len(self.output)}
+
+    def _open(self, kind: str, text: str) -> list[dict]:
+        self._text = []
+        if kind == "reasoning":
+            self._item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
+        elif kind == "message":
+            self._item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
+                          "content": []}
+        else:
+            namespace, name = self.tools.client_function(text)
+            self._item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
+                          "call_id": new_id("call"), "name": name, "arguments": ""}
+            if namespace:
+                self._item["namespace"] = namespace
+        events = [{"type": "response.output_item.added", "output_index": len(self.output), "item": dict(self._item)}]
+        if kind == "message":
+            events.append({"type": "response.content_part.added", **self._where(), "content_index": 0,
+                           "part": _text_part("")})
+        return events
+
+    def _delta(self, text: str) -> list[dict]:
+        self._text.append(text)
+        kind = self._item["type"]
+        if kind == "reasoning":
+            return [{"type": "response.reasoning_text.delta", **self._where(), "content_index": 0, "delta": text}]
+        if kind == "message":
+            return [{"type": "response.output_text.delta", **self._where(), "content_index": 0, "delta": text,
+                     "logprobs": []}]
+        return [{"type": "response.function_call_arguments.delta", **self._where(), "delta": text}]
+
+    def _close(self, status: str) -> list[dict]:
+        if self._item is None:
+            return []
+        item, text = self._item, "".join(self._text)
+        where = self._where()
+        if item["type"] == "reasoning":
+            item["content"] = [{"type": "reasoning_text", "text": text}]
+            if self.encrypted_reasoning:
+                item["encrypted_content"] = encrypt_reasoning(text)
+            events = [{"type": "response.reasoning_text.done", **where, "content_index": 0, "text": text}]
+        elif item["type"] == "message":
+            item["content"] = [_text_part(text)]
+            events = [
+                {"type": "response.output_text.done", **where, "content_index": 0, "text": text, "logprobs": []},
+                {"type": "response.content_part.done", **where, "content_index": 0, "part": _text_part(text)},
+            ]
+        else:
+            item["arguments"] = text
+            events = [{"type": "response.function_call_arguments.done", **where, "name": item["name"],
+                       "arguments": text}]
+        item["status"] = status
+        events.append({"type": "response.output_item.done", "output_index": where["output_index"], "item": item})
+        self.output.append(item)
+        self._item, self._text = None, []
+        return events
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def output_text(output: list[dict]) -> str:
+    return "".join(
+        part["text"] for item in output if item["type"] == "message"
+        for part in item["content"] if part["type"] == "output_text"
+    )
+
+
+def usage(end: TurnEnd) -> dict:
+    return {
+        "input_tokens": end.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": end.cached_tokens},
+        "output_tokens": end.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": end.reasoning_tokens},
+        "total_tokens": end.prompt_tokens + end.completion_tokens,
+    }
+
+
+class ResponseShell:
+    """The fields of one response that don't change while it is generated."""
+
+    def __init__(self, body, model: str, effort: str, sampling):
+        self.id = new_id("resp")
+        self.created_at = int(time.time())
+        self.fields = {
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "model": model,
+            "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
+            "previous_response_id": body.previous_response_id,
+            "reasoning": {"effort": effort, "summary": body.reasoning.summary if body.reasoning else None},
+            "store": body.store,
+            "temperature": sampling.temperature,
+            "text": {"format": body.text.format.model_dump(by_alias=True, exclude_none=True)
+                     if body.text is not None and body.text.format is not None else {"type": "text"}},
+            "tool_choice": body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump")
+            else (body.tool_choice or "auto"),
+            "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
+            "top_p": sampling.top_p,
+            "truncation": "disabled",
+            "user": None,
+            "metadata": body.metadata or {},
+        }
+
+    def snapshot(self, status: str, output: list[dict] | None = None, end: TurnEnd | None = None,
+                 error: dict | None = None) -> dict:
+        output = output or []
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "completed_at": int(time.time()) if status in ("completed", "incomplete") else None,
+            "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            **self.fields,
+            "output": output,
+            "output_text": output_text(output),
+            "usage": usage(end) if end is not None else None,
+        }
+
+
+def final_status(end: TurnEnd) -> str:
+    if end.finish_reason == "error":
+        return "failed"
+    return "incomplete" if end.finish_reason == "length" else "completed"

@@ -1,0 +1,278 @@
+"""The request contract of POST /v1/responses (OpenAI's Responses API, the parts a local server can honour).
+
+`input` is a string or a list of items: messages (text parts or a plain string), and the items a
+client sends back from earlier responses (`reasoning`, `function_call`, `function_call_output`).
+Tools are function tools in the flat form, and namespaces of them (Codex CLI groups its agent
+tools so). Unknown top-level fields are ignored; unsupported item, part and tool types are 400s
+that name the type. The one exception is `web_search`, which Codex CLI always sends: it is left
+out of the prompt (a local server has no search to run).
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+# Efforts OpenAI accepts for its own models, mapped onto harmony's three levels.
+EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+IGNORED_TOOL_TYPES = ("web_search",)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class OtherPart(BaseModel):
+    """Images, files, audio: refused with a clear message."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        raise ValueError(f"content parts of type {self.type!r} are not supported; this model reads text only")
+
+
+def _part_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "text" if kind in ("input_text", "output_text", "text") else "other"
+
+
+Part = Annotated[Annotated[TextPart, Tag("text")] | Annotated[OtherPart, Tag("other")], Discriminator(_part_kind)]
+
+
+class MessageItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[Part]
+    id: str | None = None
+    phase: Literal["commentary", "final_answer"] | None = None  # of an assistant message
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class FunctionCallItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function_call"]
+    call_id: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    arguments: str = ""
+    namespace: str | None = None
+    id: str | None = None
+
+
+class ToolOutputPart(BaseModel):
+    """A part of a tool's output. Text is kept; anything else (Codex CLI's view_image returns an
+    input_image) is replaced by a note, so that one image doesn't break an agent's whole session."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+    def shown(self) -> str:
+        if self.type in ("input_text", "output_text", "text"):
+            return self.text or ""
+        return f"[{self.type} omitted: this model reads text only]"
+
+
+class FunctionCallOutputItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function_call_output"]
+    call_id: Annotated[str, Field(min_length=1)]
+    output: str | list[ToolOutputPart]
+    id: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.output, str):
+            return self.output
+        return "".join(part.shown() for part in self.output)
+
+
+class ReasoningText(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[ReasoningText] = []
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+
+
+class OtherItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        raise ValueError(
+            f"input items of type {self.type!r} are not supported; this server takes messages, "
+            "function_call, function_call_output and reasoning items"
+        )
+
+
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+def _item_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        kind = value.get("type") or ("message" if "role" in value else None)
+    else:
+        kind = getattr(value, "type", None)
+    return kind if kind in ITEM_TYPES else "other"
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[OtherItem, Tag("other")],
+    Discriminator(_item_kind),
+]
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamespaceTool(BaseModel):
+    """A named group of function tools (Codex CLI's `multi_agent_v1`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["namespace"]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str | None = None
+    tools: list[FunctionTool]
+
+
+class OtherTool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        if self.type not in IGNORED_TOOL_TYPES:
+            raise ValueError(
+                f"tools of type {self.type!r} are not supported by this server; "
+                "use function tools (type 'function', or groups of them of type 'namespace')"
+            )
+        return self
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("function", "namespace") else "other"
+
+
+ToolSpec = Annotated[
+    Annotated[FunctionTool, Tag("function")]
+    | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[OtherTool, Tag("other")],
+    Discriminator(_tool_kind),
+]
+
+
+class FunctionChoice(BaseModel):
+    type: Literal["function"]
+    name: str
+
+
+class ReasoningOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    effort: Effort | None = None
+    summary: str | None = None  # accepted; the model's reasoning comes as reasoning_text, not summaries
+    # OpenRouter's reasoning budget and exclude, and this server's loop guard switch (server/reply_plan.py)
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    exclude: bool | None = None
+    enabled: bool | None = None
+    loop_guard: bool | None = None
+
+
+class TextFormat(BaseModel):
+    """`text`, `json_object`, or `json_schema` with the schema's name, schema, description and
+    strict flag (flat, as the Responses API has them)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    type: str
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type not in ("text", "json_object", "json_schema"):
+            raise ValueError(f"text.format of type {self.type!r} is not supported; "
+                             "use 'text', 'json_object' or 'json_schema'")
+        if self.type == "json_schema" and (self.schema_ is None or not self.name):
+            raise ValueError("a text.format of type 'json_schema' needs a name and a schema")
+        return self
+
+
+class TextOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    input: list[InputItem] | None = None
+    instructions: str | None = None
+    stream: bool = False
+    store: bool = True
+    previous_response_id: str | None = None
+    include: list[str] | None = None
+    reasoning: ReasoningOptions | None = None
+    reasoning_effort: Effort | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    # not OpenAI's, but local servers take them (as in chat completions)
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    text: TextOptions | None = None
+    background: bool | None = None
+    conversation: Any = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _string_input(cls, value):
+        return [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.background:
+            raise ValueError("background: background responses are not supported")
+        if self.conversation is not None:
+            raise ValueError("conversation: the Conversations API is not supported; use previous_response_id")
+        if not self.input and not self.previous_response_id:
+            raise ValueError("input: give input (a string or a list of items)")
+        return self
+
+    def effort(self, default: str) -> str:
+        chosen = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)
+        return EFFORTS[chosen] if chosen else default
+
+    def wants_encrypted_reasoning(self) -> bool:
+        return "reasoning.encrypted_content" in (self.include or [])

@@ -1,0 +1,129 @@
+"""The Responses API's stored state (previous_response_id, GET, DELETE, restarts) and its 400s."""
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.scripts import REMEMBER_FIRST, REMEMBER_SECOND
+from tests.test_responses import UNSCRIPTED, WEATHER_TOOL, create, post
+
+# ---- stored state ---------------------------------------------------------------------------------
+
+def test_previous_response_id_continues_the_conversation(client):
+    first = create(client, "Remember the word pineapple.")
+    assert first.output_text == REMEMBER_FIRST
+    assert create(client, "Which word?", previous_response_id=first.id).output_text == REMEMBER_SECOND
+    assert create(client, "Which word?").output_text == UNSCRIPTED  # without the history
+
+
+def test_instructions_are_not_carried_over(client):
+    first = create(client, "Hello", instructions="Speak like a pirate.")
+    assert first.output_text == "Arr, instructions received."
+    assert create(client, "Hello again", previous_response_id=first.id).output_text == UNSCRIPTED
+
+
+def test_get_and_delete(client):
+    created = create(client, "What is 2+2?", metadata={"k": "v"})
+    fetched = client.responses.retrieve(created.id)
+    assert fetched.model_dump() == created.model_dump()
+    deleted = client.responses.delete(created.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(created.id)
+
+
+def test_delete_body(scripted_server):
+    created = post(scripted_server, {"input": "What is 2+2?"}).json()
+    response = httpx.delete(f"{scripted_server.url}/v1/responses/{created['id']}")
+    assert response.json() == {"id": created["id"], "object": "response.deleted", "deleted": True}
+
+
+def test_store_false_keeps_nothing(client):
+    response = create(client, "What is 2+2?", store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.BadRequestError) as caught:
+        create(client, "Which word?", previous_response_id=response.id)
+    assert caught.value.body["param"] == "previous_response_id"
+
+
+def test_previous_response_id_survives_a_restart(start_server, scripted_model, tmp_path):
+    args = ["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted"]
+    env = {"SWALLOW_DATA_DIR": str(tmp_path / "data")}
+    server = start_server(args, env=env)
+    first = create(server.client(), "Remember the word pineapple.")
+    server.stop()
+    restarted = start_server(args, env=env)
+    client = restarted.client()
+    assert client.responses.retrieve(first.id).output_text == REMEMBER_FIRST
+    assert create(client, "Which word?", previous_response_id=first.id).output_text == REMEMBER_SECOND
+    assert (tmp_path / "data" / "responses.sqlite3").is_file()
+
+
+def test_a_client_that_leaves_stops_the_generation(scripted_server):
+    with httpx.stream("POST", f"{scripted_server.url}/v1/responses", timeout=60,
+                      json={"input": "Write a long essay", "stream": True, "max_output_tokens": 3000}) as response:
+        deltas = 0
+        for line in response.iter_lines():
+            deltas += line.startswith("data: ") and "output_text.delta" in line
+            if deltas >= 5:
+                break
+    deadline = time.monotonic() + 10
+    while scripted_server.health()["running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert scripted_server.health()["running"] == 0
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+def assert_400(response, mentions: str = "", param: str | None = None):
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert mentions in error["message"], error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize("tool", ["file_search", "computer_use_preview", "code_interpreter", "web_search_preview",
+                                  "image_generation", "mcp", "local_shell", "custom"])
+def test_unsupported_tool_types_are_400_naming_them(scripted_server, tool):
+    assert_400(post(scripted_server, {"input": "hi", "tools": [{"type": tool}]}), f"'{tool}'")
+
+
+@pytest.mark.parametrize("body, mentions, param", [
+    ({}, "input", None),
+    ({"input": 42}, "", "input"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "'item_reference'", None),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "'input_image'", None),
+    ({"input": [{"role": "wizard", "content": "hi"}]}, "", None),
+    ({"input": [{"type": "function_call_output", "call_id": "nope", "output": "x"}]}, "'nope'", "input[0].call_id"),
+    ({"input": "hi", "reasoning": {"effort": "extreme"}}, "", "reasoning.effort"),
+    ({"input": "hi", "tool_choice": "required"}, "tool_choice", "tool_choice"),
+    ({"input": "hi", "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "other"}}, "'other'", None),
+    ({"input": "hi", "tools": [WEATHER_TOOL, WEATHER_TOOL]}, "unique", "tools"),
+    ({"input": "hi", "tools": [{**WEATHER_TOOL, "parameters": {"type": "array"}}]}, "object", "tools[0].parameters"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "json_schema", None),
+    ({"input": "hi", "background": True}, "background", None),
+    ({"input": "hi", "temperature": 5}, "", "temperature"),
+    ({"input": "hi", "max_output_tokens": 0}, "", "max_output_tokens"),
+    ({"input": "hi", "previous_response_id": "resp_missing"}, "resp_missing", "previous_response_id"),
+])
+def test_invalid_requests_are_400(scripted_server, body, mentions, param):
+    assert_400(post(scripted_server, body), mentions, param)
+
+
+def test_context_overflow_is_400(scripted_server):
+    error = assert_400(post(scripted_server, {"input": "word " * 5000}), "4096", "input")
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_unknown_response_is_404(scripted_server):
+    response = httpx.get(f"{scripted_server.url}/v1/responses/resp_nothing")
+    assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
