@@ -12,6 +12,9 @@ o200k_harmony tokenizer files, and a one-value weights file.
 A reply is a whole assistant turn in harmony markup (what follows `<|start|>assistant`);
 a list of replies scripts successive turns of a tool loop. The trigger is matched as the
 token ids of its text, so make it a whole message (or the start of one).
+
+A reply may contain FAIL: when generation gets there, the model raises an exception inside the
+batch step, as a real model failing mid-generation would (for tests of errors mid-stream).
 """
 
 import json
@@ -23,6 +26,7 @@ import mlx.core as mx
 from models import vocab
 
 ARCH_FILE = Path(__file__).with_name("scripted_arch.py")
+FAIL = "<|scripted_failure|>"  # stored as the id -1, which scripted_arch.py raises on
 
 
 def build_scripted_model(
@@ -38,7 +42,10 @@ def build_scripted_model(
     encoding = vocab.load_harmony_encoding_offline(dst)
 
     def reply_ids(text: str) -> list:
-        return encoding.encode(text, allowed_special="all")
+        ids = []
+        for i, piece in enumerate(text.split(FAIL)):
+            ids += ([-1] if i else []) + encoding.encode(piece, allowed_special="all")
+        return ids
 
     config = {
         "model_type": "scripted",

@@ -13,6 +13,7 @@ at every step, puts all the probability on the next token of a scripted reply:
   (`<|start|>assistant`) that follows the last non-assistant message. A header forced into the
   prompt counts as part of the reply, so scripts are written as whole assistant turns.
 - Past the end of a reply the model says `<|return|>`.
+- A reply id of -1 (scripted.FAIL) makes the forward pass raise: a model failing mid-generation.
 
 This file must stay self-contained: mlx-lm loads it by path, outside any package.
 """
@@ -93,6 +94,8 @@ class Model(nn.Module):
             next_scripted_token(h, self.args.scripts, self.args.default_reply)
             for h in histories
         ]
+        if any(t < 0 for t in targets):
+            raise RuntimeError("scripted failure: this reply fails here on purpose")
         logits = mx.zeros((batch, self.args.vocab_size), dtype=mx.float32)
         logits[mx.arange(batch), mx.array(targets)] = CONFIDENCE
         return mx.broadcast_to(logits[:, None, :], (batch, length, self.args.vocab_size))

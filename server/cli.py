@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import signal
 import sys
 
 from models.errors import ModelError
@@ -26,6 +27,13 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", help="the model id clients see (default: --model)")
     parser.add_argument("--context-length", type=int, help="context size in tokens (default: the model's)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: none; "
+                        "SWALLOW_API_KEY keeps it out of the process list)")
+    parser.add_argument("--cors-origins", help="comma-separated origins whose pages may call the API; "
+                        "'http://host:*' allows any port, '*' every origin (default: localhost, any port)")
+    parser.add_argument("--max-concurrency", type=int, help="requests generating at once "
+                        "(default: the max_batch_size setting)")
+    parser.add_argument("--max-queue", type=int, help="requests waiting for a slot; more get 429 (default 64)")
     return parser
 
 
@@ -38,13 +46,23 @@ def serve(argv: list[str]) -> int:
         print(f"swallow-server: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("swallow.server")
+
+    # Find (or download) and check the model before the heavy imports: a bad --model fails at once.
+    from models.loading import prepare_model
+
+    try:
+        model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code)
+    except ModelError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        return 1
 
     import uvicorn
 
     from server.app import create_app
     from server.engine import Engine
 
-    engine = Engine(settings)
+    engine = Engine(settings, model_path)
     engine.start()
     try:
         loaded = engine.wait_until_loaded()
@@ -52,9 +70,15 @@ def serve(argv: list[str]) -> int:
         print(f"swallow-server: {e}", file=sys.stderr)
         return 1
     app = create_app(settings, engine, loaded)
+    # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets requests in flight finish for up to
+    # shutdown_timeout seconds, then returns; it then re-raises the signal to the handlers it
+    # found, so these no-op ones make that a clean exit 0 after engine.stop().
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=settings.shutdown_timeout, access_log=False)  # RequestLog logs
     engine.stop()
+    log.info("engine stopped; exiting")
     return 0
 
 

@@ -76,3 +76,58 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unexpected error")
         return JSONResponse(error_body("Internal server error.", "server_error"), status_code=500)
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "param": {"type": ["string", "null"]},
+            "code": {"type": ["string", "null"]},
+        },
+    }},
+}
+ERROR_STATUSES = {
+    "400": "Invalid request", "401": "Missing or wrong API key", "403": "Origin not allowed",
+    "404": "Not found", "413": "Request body too large", "429": "Server busy (see Retry-After)",
+    "500": "Generation failed",
+}
+STREAMING = {("/v1/chat/completions", "post"), ("/v1/responses", "post")}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make /openapi.json say what the server does: errors are 400s (not FastAPI's 422) with
+    OpenAI's error object, plus 401/403/404/413/429/500; generating endpoints may stream."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["ErrorResponse"] = ERROR_SCHEMA
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, description in ERROR_STATUSES.items():
+                    if status in ("401", "403") and not path.startswith("/v1/"):
+                        continue
+                    if status in ("413", "429", "500") and method != "post":
+                        continue
+                    responses.setdefault(status, {"description": description, **error})
+                if (path, method) in STREAMING and "200" in responses:
+                    responses["200"].setdefault("content", {})["text/event-stream"] = {"schema": {"type": "string"}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -8,6 +8,7 @@ which frees its place in the batch at once.
 
 from dataclasses import dataclass
 
+from server import metrics
 from server.engine import Finished, Generation
 from server.reply import Event, ReplyParser
 
@@ -55,6 +56,7 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
     The caller also cancels `generation` when it stops listening: a closed async generator's
     cleanup may not get to run when its task is being cancelled."""
     parser = ReplyParser(encoding)
+    watch = metrics.TurnWatch(len(generation.prompt))
     completion_tokens, finish, error, called = 0, None, None, False
     for token in prefix:
         for event in parser.feed(token):
@@ -69,6 +71,7 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
                 error = item.error
             else:
                 completion_tokens += 1
+                watch.token()
                 events = parser.feed(item)
             for event in events:
                 if event.kind == "content":
@@ -85,10 +88,13 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
                 break
     finally:
         generation.cancel()
+        watch.close(generation)
     rest = stop.flush()
     if rest:
         yield Event("content", rest)
     if called and finish != "length":
         finish = "tool_calls"
-    yield TurnEnd(finish or "stop", len(generation.prompt), completion_tokens, parser.reasoning_tokens,
+    end = TurnEnd(finish or "stop", len(generation.prompt), completion_tokens, parser.reasoning_tokens,
                   cached_tokens=generation.cached_tokens, error=error)
+    watch.end(end)
+    yield end

@@ -1,0 +1,336 @@
+"""What every request goes through before an endpoint sees it, outermost first:
+
+1. RequestLog: a request id (the client's X-Request-ID when it is sane, else a new one),
+   returned in X-Request-ID; one access-log line and the HTTP metrics per request; an
+   exception that escapes the app becomes a 500 error object, or, once a stream has begun,
+   an error event and `data: [DONE]` so the stream still ends cleanly.
+2. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
+   from any other origin gets 403 (CORS headers alone would let it run, unread).
+3. ApiKey (only with an api_key): /v1/* wants `Authorization: Bearer <key>`, else 401.
+4. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string or JSON nested
+   more than MAX_DEPTH levels gets 400; generating endpoints go through admission
+   (server/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
+
+All are plain ASGI middleware: no BaseHTTPMiddleware, so streams pass through unbuffered and
+a client's disconnect reaches the endpoint.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
+
+from server import metrics
+from server.admission import Admission, Full
+from server.config import Settings
+from server.errors import error_body
+
+log = logging.getLogger("swallow.errors")
+access_log = logging.getLogger("swallow.access")
+
+GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions"}
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"}  # others: "other" in metrics
+UNDOCUMENTED = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc")  # routes outside /openapi.json
+MAX_DEPTH = 64  # JSON nesting a request may have (harmony's renderer gives up near 128)
+
+
+def install(app, settings: Settings, admission: Admission) -> None:
+    """Add the middleware; Starlette runs the last added outermost."""
+    app.add_middleware(Gate, admission=admission, max_body=settings.max_body_mb * 2**20)
+    if settings.api_key:
+        app.add_middleware(ApiKey, key=settings.api_key)
+    allowed = origin_regex(settings.cors_origins)
+    app.add_middleware(OriginGuard, allowed=allowed)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if allowed is None else [],
+        allow_origin_regex=None if allowed is None else allowed.pattern,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(RequestLog, api=app)
+
+
+def origin_regex(origins: list[str]) -> re.Pattern | None:
+    """The allowed origins as one pattern; None when every origin is allowed ("*").
+    "scheme://host:*" allows the host on any port, and without one."""
+    if "*" in origins:
+        return None
+    parts = [re.escape(o[:-2]) + r"(:\d+)?" if o.endswith(":*") else re.escape(o) for o in origins]
+    return re.compile("(?i)" + ("|".join(parts) or "(?!)"))  # inline flag: Starlette compiles .pattern
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """/v1/models/{model_id} -> a pattern; the last parameter may hold slashes (model ids do)."""
+    pattern = re.escape(template)
+    pattern = re.sub(r"\\\{[^}\\]*\\\}$", ".+", pattern)
+    return re.compile(re.sub(r"\\\{[^}\\]*\\\}", "[^/]+", pattern))
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _is_api(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+async def send_error(send, status: int, message: str, *, type: str = "invalid_request_error",
+                     code: str | None = None, param: str | None = None, headers=()) -> None:
+    body = json.dumps(error_body(message, type, param, code)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class RequestLog:
+    def __init__(self, app, api):
+        self.app, self.api = app, api
+        self._templates: list[tuple[re.Pattern, str]] | None = None
+
+    def endpoint(self, path: str) -> str:
+        """The path's route template (/v1/responses/{response_id}), so that metric labels
+        don't grow with ids; "unmatched" for paths no route serves."""
+        if self._templates is None:  # on first use: every route is registered by then
+            try:
+                paths = [*self.api.openapi().get("paths", {}), *UNDOCUMENTED]
+            except Exception:
+                log.exception("no OpenAPI document: requests are counted without their endpoint")
+                paths = list(UNDOCUMENTED)
+            # longest first: /v1/responses/{id}/input_items before /v1/responses/{id}
+            self._templates = [(_template_pattern(t), t) for t in sorted(paths, key=len, reverse=True)]
+        return next((t for pattern, t in self._templates if pattern.fullmatch(path)), "unmatched")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = (_header(scope, b"x-request-id") or b"").decode("latin-1")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        started = metrics.REQUEST_START.set(start)
+        status, sent, stream, ended = None, 0, False, False
+
+        async def send_logged(message):
+            nonlocal status, sent, stream, ended
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+                status = message["status"]
+                stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except Exception as e:
+            await self._failed(e, request_id, status, stream, ended, send_logged)
+        finally:
+            metrics.REQUEST_START.reset(started)
+            try:
+                self._record(scope, request_id, status, time.perf_counter() - start, sent, ended)
+            except Exception:
+                log.exception("could not log request %s", request_id)
+
+    def _record(self, scope, request_id: str, status, elapsed: float, sent: int, ended: bool) -> None:
+        shown = status if status is not None else 499  # nothing sent: the client left first
+        endpoint = self.endpoint(scope.get("path", ""))
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        metrics.HTTP_REQUESTS.labels(endpoint, method, str(shown)).inc()
+        metrics.HTTP_SECONDS.labels(endpoint).observe(elapsed)
+        client = scope.get("client") or ("-", 0)
+        access_log.info('%s:%s "%s %s HTTP/%s" %s %.3fs %dB%s request_id=%s', client[0], client[1],
+                        scope["method"], scope.get("path", ""), scope.get("http_version", "1.1"), shown,
+                        elapsed, sent, "" if ended or status is None else " (cut short)", request_id)
+
+    @staticmethod
+    async def _failed(error: Exception, request_id: str, status, stream: bool, ended: bool, send) -> None:
+        """Answer for an exception the app let out, if the connection still allows it."""
+        if isinstance(error, (OSError, ClientDisconnect)):
+            return  # the client is gone: nobody to tell
+        log.error("request %s failed", request_id, exc_info=error)
+        try:
+            if status is None:
+                await send_error(send, 500, "Internal server error.", type="server_error")
+            elif stream and not ended:
+                event = error_body(f"The server failed while streaming (request {request_id}).", "server_error")
+                body = f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        except Exception:  # the connection broke too
+            pass
+
+
+class OriginGuard:
+    """403 for browser requests to /v1/* from origins that may not call the API."""
+
+    def __init__(self, app, allowed: re.Pattern | None):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.allowed is not None and _is_api(scope.get("path", "")):
+            origin = _header(scope, b"origin")
+            if origin is not None and not self.allowed.fullmatch(origin.decode("latin-1")):
+                return await send_error(
+                    send, 403, f"Requests from pages of the origin {origin.decode('latin-1')!r} are not "
+                    "allowed; add it to the server's cors_origins setting.", code="origin_not_allowed")
+        await self.app(scope, receive, send)
+
+
+class ApiKey:
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and _is_api(scope.get("path", "")) and scope["method"] != "OPTIONS":
+            given = _header(scope, b"authorization")
+            if given is None:
+                return await self._refuse(send, "You didn't provide an API key. Send it in the "
+                                          "Authorization header: 'Authorization: Bearer <key>'.", None)
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                return await self._refuse(send, "Incorrect API key provided.", "invalid_api_key")
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send, message: str, code: str | None) -> None:
+        await send_error(send, 401, message, code=code, headers=[(b"www-authenticate", b"Bearer")])
+
+
+class Gate:
+    """Body size limit, JSON sanity, and admission for the generating endpoints."""
+
+    def __init__(self, app, admission: Admission, max_body: int):
+        self.app, self.admission, self.max_body = app, admission, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._too_large(send)
+        ticket = None
+        if scope.get("path") in GENERATING:
+            try:
+                ticket = self.admission.enter()
+            except Full:
+                wait = str(self.admission.retry_after()).encode()
+                return await send_error(
+                    send, 429, "The server is busy: every generation slot is taken and the queue is full. "
+                    "Retry after a moment.", type="rate_limit_error", code="server_busy",
+                    headers=[(b"retry-after", wait)])
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                return await self._too_large(send)
+            if body is False:
+                return  # the client left while sending
+            problem = json_problem(body)
+            if problem:
+                return await send_error(send, 400, problem)
+            if ticket is not None and not await self._wait_for_slot(ticket, receive):
+                return  # left while waiting in the queue: its place is given back below
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            if ticket is not None:
+                self.admission.leave(ticket)
+
+    async def _read_body(self, receive) -> bytes | None | bool:
+        """The whole body; None when it is over the limit; False when the client left."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _wait_for_slot(ticket: asyncio.Future, receive) -> bool:
+        """True once the ticket holds a slot; False when the client hangs up first."""
+        while not ticket.done():
+            listener = asyncio.ensure_future(receive())
+            try:
+                await asyncio.wait({ticket, listener}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not listener.done():
+                    listener.cancel()
+            if listener.done() and not listener.cancelled():
+                if listener.exception() is not None or listener.result()["type"] == "http.disconnect":
+                    return False
+        return True
+
+    async def _too_large(self, send) -> None:
+        await send_error(send, 413, f"The request body is larger than this server's limit of "
+                         f"{self.max_body // 2**20} MiB (max_body_mb).", code="request_too_large",
+                         headers=[(b"connection", b"close")])
+
+
+def _replay(body: bytes, receive):
+    """A receive that hands the app the body read already, then the real messages."""
+    pending = True
+
+    async def replay():
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def json_problem(body: bytes) -> str | None:
+    """Why a JSON body can't be served, for what the JSON parser lets through: strings with
+    lone surrogates (they can't be encoded into tokens) and nesting deeper than MAX_DEPTH."""
+    escaped = SURROGATE_ESCAPE.search(body) is not None
+    maybe_deep = body.count(b"[") + body.count(b"{") > MAX_DEPTH
+    if not (escaped or maybe_deep):
+        return None
+    too_deep = f"The request's JSON is nested more than {MAX_DEPTH} levels deep."
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        return too_deep
+    except ValueError:
+        return None  # not JSON: the endpoint says so
+    if maybe_deep and _deeper_than(data, MAX_DEPTH):
+        return too_deep
+    if escaped:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (f"The request contains a lone surrogate ({e.object[e.start]!a}) in a string; "
+                    "strings must be valid Unicode.")
+    return None
+
+
+def _deeper_than(data, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False

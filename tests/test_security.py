@@ -1,0 +1,167 @@
+"""Security against the live server: API key, CORS origins, request body limit."""
+
+import httpx
+import openai
+import pytest
+
+from server.cli import serve_parser
+from server.config import Settings, load_settings
+from server.middleware import origin_regex
+from tests.scripts import JAPANESE_ANSWER
+
+KEY = "sk-local-test-key"
+ALLOWED = "https://app.example.com"
+CHAT = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+
+@pytest.fixture(scope="module")
+def keyed_server(start_server, scripted_model):
+    """A key from the environment, origins from the command line, a 1 MiB body limit."""
+    server = start_server(
+        ["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted",
+         "--cors-origins", f"{ALLOWED},http://intranet:*"],
+        env={"SWALLOW_API_KEY": KEY, "SWALLOW_MAX_BODY_MB": "1"},
+    )
+    yield server
+    server.stop()
+
+
+def assert_error(response, status: int, code=None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def auth(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# ---- API key ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/models"), ("GET", "/v1/models/scripted"), ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"), ("GET", "/v1/responses/resp_123"), ("DELETE", "/v1/responses/resp_123"),
+])
+def test_every_v1_route_wants_the_key(keyed_server, method, path):
+    url = keyed_server.url + path
+    body = {"json": CHAT} if method == "POST" else {}
+    missing = httpx.request(method, url, timeout=10, **body)
+    assert_error(missing, 401)
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert_error(httpx.request(method, url, headers=auth("wrong"), timeout=10, **body), 401, "invalid_api_key")
+    assert_error(httpx.request(method, url, headers={"Authorization": f"Basic {KEY}"}, timeout=10, **body), 401)
+    assert_error(httpx.request(method, url, headers={"Authorization": KEY}, timeout=10, **body), 401)
+
+
+def test_the_right_key_is_served_and_health_is_open(keyed_server):
+    assert httpx.get(f"{keyed_server.url}/health").status_code == 200
+    assert httpx.get(f"{keyed_server.url}/v1/models", headers=auth()).json()["data"][0]["id"] == "scripted"
+    lower = httpx.get(f"{keyed_server.url}/v1/models", headers={"authorization": f"bearer {KEY}"})
+    assert lower.status_code == 200
+    client = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=KEY, max_retries=0)
+    assert client.chat.completions.create(model="scripted", **CHAT).choices[0].message.content == JAPANESE_ANSWER
+
+
+def test_sdk_with_a_wrong_key_gets_authentication_error(keyed_server):
+    client = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.models.list()
+    assert caught.value.status_code == 401
+
+
+def test_key_and_limits_from_flags_and_environment(monkeypatch):
+    args = serve_parser().parse_args(["--api-key", "from-flag", "--max-concurrency", "3", "--max-queue", "0",
+                                      "--cors-origins", "*"])
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    settings = load_settings(None, overrides)
+    assert (settings.api_key, settings.max_concurrency, settings.max_queue) == ("from-flag", 3, 0)
+    assert settings.cors_origins == ["*"] and origin_regex(settings.cors_origins) is None
+    monkeypatch.setenv("SWALLOW_API_KEY", "from-env")
+    monkeypatch.setenv("SWALLOW_CORS_ORIGINS", "https://a.example, http://b.example:*")
+    settings = load_settings(None, {})
+    assert settings.api_key == "from-env"
+    assert settings.cors_origins == ["https://a.example", "http://b.example:*"]
+    assert Settings().api_key == "" and Settings().max_body_mb == 16
+
+
+# ---- CORS -------------------------------------------------------------------------------
+
+def preflight(server, origin: str) -> httpx.Response:
+    return httpx.options(f"{server.url}/v1/chat/completions", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:5173", "http://localhost", "http://127.0.0.1:8080",
+                                    "https://127.0.0.1:3000", "http://[::1]:9000"])
+def test_default_origins_are_this_machines_pages(scripted_server, origin):
+    allowed = preflight(scripted_server, origin)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == origin
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    reply = httpx.post(f"{scripted_server.url}/v1/chat/completions", json=CHAT, headers={"Origin": origin}, timeout=60)
+    assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == origin
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost.evil.example",
+                                    "http://127.0.0.1.evil.example:8000", "http://192.168.1.20:8000"])
+def test_other_origins_are_refused_by_default(scripted_server, origin):
+    assert preflight(scripted_server, origin).status_code == 400
+    assert "access-control-allow-origin" not in preflight(scripted_server, origin).headers
+    # a browser's "simple" request still reaches the server: it must not run
+    refused = httpx.post(f"{scripted_server.url}/v1/chat/completions", json=CHAT, headers={"Origin": origin})
+    assert_error(refused, 403, "origin_not_allowed")
+    assert "access-control-allow-origin" not in refused.headers
+    # clients that are not browsers send no Origin at all
+    assert httpx.get(f"{scripted_server.url}/v1/models").status_code == 200
+
+
+def test_configured_origins_replace_the_default(keyed_server):
+    for origin in (ALLOWED, "http://intranet:8080", "http://intranet"):
+        assert preflight(keyed_server, origin).headers.get("access-control-allow-origin") == origin, origin
+    for origin in ("http://localhost:3000", "https://app.example.com.evil.example", "http://app.example.com"):
+        assert preflight(keyed_server, origin).status_code == 400, origin
+        assert_error(httpx.get(f"{keyed_server.url}/v1/models", headers={"Origin": origin, **auth()}), 403)
+    ok = httpx.get(f"{keyed_server.url}/v1/models", headers={"Origin": ALLOWED, **auth()})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ALLOWED
+    assert "x-request-id" in ok.headers["access-control-expose-headers"].lower()
+    # a page from an allowed origin can read why its request failed
+    unauthorized = httpx.get(f"{keyed_server.url}/v1/models", headers={"Origin": ALLOWED})
+    assert_error(unauthorized, 401)
+    assert unauthorized.headers["access-control-allow-origin"] == ALLOWED
+
+
+# ---- request body limit ------------------------------------------------------------------
+
+def padded(size: int) -> bytes:
+    """A JSON chat request of about `size` bytes (padding in an ignored field)."""
+    return b'{"messages": [], "padding": "' + b"x" * size + b'"}'
+
+
+def test_body_over_the_configured_limit_is_413(keyed_server):
+    url = f"{keyed_server.url}/v1/chat/completions"
+    headers = {"content-type": "application/json", **auth()}
+    assert_error(httpx.post(url, content=padded(3 * 2**19), headers=headers, timeout=30), 413, "request_too_large")
+
+    def chunks():  # no Content-Length: counted while reading
+        body = padded(3 * 2**19)
+        for i in range(0, len(body), 2**16):
+            yield body[i:i + 2**16]
+
+    assert_error(httpx.post(url, content=chunks(), headers=headers, timeout=30), 413, "request_too_large")
+    # under the limit it gets to validation: no messages is a 400
+    assert_error(httpx.post(url, content=padded(2**19), headers=headers, timeout=30), 400)
+    # the key is checked before a body is read
+    assert_error(httpx.post(url, content=padded(3 * 2**19), headers={"content-type": "application/json"}), 401)
+    assert httpx.get(f"{keyed_server.url}/health").status_code == 200
+
+
+def test_default_limit_is_16_mib(scripted_server):
+    url = f"{scripted_server.url}/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+    error = assert_error(httpx.post(url, content=padded(16 * 2**20 + 10), headers=headers, timeout=60), 413)
+    assert "16 MiB" in error["message"]
+    assert_error(httpx.post(url, content=padded(15 * 2**20), headers=headers, timeout=60), 400)
