@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server import prompt as harmony
+from server import reply_plan
 from server.chat_prompt import build_prompt
 from server.chat_schema import ChatCompletionRequest
 from server.errors import APIError, error_body
@@ -37,18 +38,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.server
     settings = state.settings
     prompt, names, prefix = build_prompt(body, settings.reasoning_effort)
+    plan = await reply_plan.prepare(reply_plan.asked_by_chat(body, names, bool(prompt.tools)), state)
+    plan.add_format(prompt)
     tokens, shared_head = harmony.render_with_boundary(
         state.encoding, prompt, settings.model_identity, settings.knowledge_cutoff, prefix)
     prefix_tokens = state.encoding.encode(prefix, allowed_special="all") if prefix else []
     max_tokens = check_context(state, len(tokens), body.max_completion_tokens or body.max_tokens)
-    generation = state.engine.submit(tokens, max_tokens, sampling_params(body, settings), [shared_head])
-    turn = run_turn(generation, state.encoding, body.stop_strings(), prefix_tokens)
+    control = plan.control(state.encoding, prefix_tokens, max_tokens)
+    generation = state.engine.submit(tokens, max_tokens, sampling_params(body, settings), [shared_head],
+                                     processors=[control])
+    turn = plan.watch(run_turn(generation, state.encoding, body.stop_strings(), prefix_tokens))
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(turn, generation, meta, names, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_stream(turn, generation, meta, names, include_usage, plan, max_tokens),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _complete(turn, generation, meta, names, request)
+    return await _complete(turn, generation, meta, names, request, plan, max_tokens)
 
 
 async def _collect(turn, names) -> tuple[dict, TurnEnd]:
@@ -73,7 +79,7 @@ async def _collect(turn, names) -> tuple[dict, TurnEnd]:
     return message, end
 
 
-async def _complete(turn, generation, meta: dict, names, request: Request):
+async def _complete(turn, generation, meta: dict, names, request: Request, plan, max_tokens: int):
     collecting = asyncio.ensure_future(_collect(turn, names))
     # A client that hangs up stops its generation: cancelling the task closes the turn.
     while not collecting.done():
@@ -85,20 +91,25 @@ async def _complete(turn, generation, meta: dict, names, request: Request):
     message, end = collecting.result()
     if end.finish_reason == "error":
         raise APIError(500, f"The generation failed: {end.error}", type="server_error")
+    problem = plan.problem(end, max_tokens)
+    if problem is not None:
+        raise problem
     return {
         **meta,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": end.finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": end.finish_reason, "logprobs": None,
+                     **plan.fields()}],
         "usage": _usage(end),
         "system_fingerprint": None,
     }
 
 
-async def _stream(turn, generation, meta: dict, names, include_usage: bool):
+async def _stream(turn, generation, meta: dict, names, include_usage: bool, plan, max_tokens: int):
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
 
-    def chunk(delta: dict, finish_reason=None) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
+    def chunk(delta: dict, finish_reason=None, extra: dict | None = None) -> str:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None,
+                                          **(extra or {})}]})
 
     yield chunk({"role": "assistant", "content": ""})
     call_index = -1
@@ -120,10 +131,13 @@ async def _stream(turn, generation, meta: dict, names, include_usage: bool):
                 yield chunk({"tool_calls": [{"index": call_index, "function": {"arguments": event.text}}]})
     finally:
         generation.cancel()  # when the client left: free its place in the batch now
+    problem = plan.problem(end, max_tokens)
     if end.finish_reason == "error":
         yield _sse(error_body(f"The generation failed: {end.error}", "server_error"))
+    elif problem is not None:  # structured output that can't be given: an error, never invalid JSON
+        yield _sse(problem.body())
     else:
-        yield chunk({}, end.finish_reason)
+        yield chunk({}, end.finish_reason, plan.fields())
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(end)})
     yield "data: [DONE]\n\n"

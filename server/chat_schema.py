@@ -27,7 +27,7 @@ class OtherPart(BaseModel):
     def _refuse(self):
         if self.type != "text":
             raise ValueError(f"content parts of type {self.type!r} are not supported; this model reads text only")
-        return self
+        raise ValueError("a content part of type 'text' needs a string 'text'")  # TextPart refused it
 
 
 Content = str | list[TextPart | OtherPart] | None
@@ -84,7 +84,35 @@ class StreamOptions(BaseModel):
 
 
 class ReasoningOptions(BaseModel):
+    """OpenRouter's form: effort, max_tokens (the reasoning budget), exclude, enabled; plus this
+    server's loop_guard switch (see server/reply_plan.py)."""
+
+    model_config = ConfigDict(extra="ignore")
     effort: Effort | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    exclude: bool | None = None
+    enabled: bool | None = None
+    loop_guard: bool | None = None
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("a response_format of type 'json_schema' needs json_schema.schema")
+        return self
 
 
 class ChatCompletionRequest(BaseModel):
@@ -110,6 +138,7 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _check(self):

@@ -46,6 +46,7 @@ class ReplyParser:
     def feed(self, token: int) -> list[Event]:
         if self._raw is not None:
             return self._decode_raw([token])
+        in_message, messages = self._parser.state == StreamState.CONTENT, len(self._parser.messages)
         try:
             self._parser.process(token)
         except HarmonyError as e:
@@ -61,7 +62,10 @@ class ReplyParser:
                 return self._leave_format([])
         else:
             self._header = []
-        if channel == "analysis" and not self._is_call(self._parser.current_recipient):
+        # reasoning_tokens: the analysis text's tokens (not its header or <|end|>), the unit of the
+        # reasoning budget (reasoning_control.py)
+        in_message = in_message and state == StreamState.CONTENT and len(self._parser.messages) == messages
+        if in_message and channel == "analysis" and not self._is_call(self._parser.current_recipient):
             self.reasoning_tokens += 1
         delta = self._parser.last_content_delta
         if state == StreamState.CONTENT:

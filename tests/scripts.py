@@ -70,11 +70,13 @@ REMEMBER_FIRST = "Noted, I will remember it."
 REMEMBER_SECOND = "You asked me to remember pineapple."
 SCRIPTS["Remember the word pineapple."] = [final(REMEMBER_FIRST), final(REMEMBER_SECOND)]
 # a call to a function of a namespace (Codex CLI's multi_agent_v1), flattened to one name
-SCRIPTS["Spawn a helper agent"] = (
+SPAWN_ANSWER = "The helper agent was spawned."
+SCRIPTS["Spawn a helper agent"] = [
     "<|channel|>analysis<|message|>I will spawn an agent.<|end|>"
     "<|start|>assistant to=functions.multi_agent_v1_spawn_agent<|channel|>commentary <|constrain|>json"
-    "<|message|>{\"message\": \"help\"}<|call|>"
-)
+    "<|message|>{\"task_name\": \"helper\", \"message\": \"Say hello\"}<|call|>",
+    final(SPAWN_ANSWER),
+]
 # what Codex CLI's `codex exec` runs into: a shell command through exec_command, then an answer
 CODEX_COMMAND_ANSWER = "The directory listing worked."
 SCRIPTS["Codex: list the files"] = [
@@ -83,3 +85,49 @@ SCRIPTS["Codex: list the files"] = [
     "<|message|>{\"cmd\": \"ls\"}<|call|>",
     thought("The command printed the files.", CODEX_COMMAND_ANSWER),
 ]
+
+# ---- reasoning budget, loop guard, structured output (tests/test_reasoning_control.py) ----
+# A reply that thinks long: 240 analysis tokens (" step", "N" for N < 120), then an answer.
+# After a forced transition the script plays on from where it was (the model keeps counting
+# positions from its header), so the answer of a budgeted reply is the rest of the thinking.
+THINK_LONG = "".join(f" step{i}" for i in range(120))
+THINK_LONG_ANSWER = "I thought it through."
+SCRIPTS["Think for a long time"] = thought(THINK_LONG, THINK_LONG_ANSWER)
+
+
+def _loop_reasoning() -> tuple[str, str, int]:
+    """(the looping analysis, the answer after it, the token at which the default loop guard
+    fires). The loop is scripted to last exactly 6 tokens past that point (the length of the
+    forced `<|end|><|start|>assistant<|channel|>final<|message|>`), so that with the guard the
+    answer lands in the final channel, and without it in the analysis."""
+    import toktok
+
+    from server.config import Settings
+    from server.reasoning_control import LoopDetector, LoopSettings
+
+    vocabulary = toktok._encoding("o200k_harmony")
+    phrase = vocabulary.encode(" I will check the sum again.")
+    settings = Settings()
+    detector = LoopDetector(LoopSettings(settings.loop_max_period, settings.loop_min_repeats,
+                                         settings.loop_min_tokens))
+    tokens = phrase * (settings.loop_min_tokens // len(phrase) + settings.loop_min_repeats + 2)
+    fires = next(n for n, t in enumerate(tokens, 1) if detector.feed(t))
+    answer = "\n\nThe answer is 42."
+    loop = vocabulary.decode(tokens[:fires + 6])
+    assert vocabulary.encode(loop + answer) == tokens[:fires + 6] + vocabulary.encode(answer)
+    return loop, answer, fires
+
+
+LOOP_REASONING, LOOP_ANSWER, LOOP_FIRES_AT = _loop_reasoning()
+SCRIPTS["Think in circles"] = f"<|channel|>analysis<|message|>{LOOP_REASONING}{LOOP_ANSWER}<|return|>"
+
+# structured output: a reply whose answer is the JSON asked for, and one that won't write JSON
+WEATHER_JSON = '{"city":"Tokyo","temperature":21}'
+SCRIPTS["Weather as JSON"] = thought("The user wants JSON.", WEATHER_JSON)
+SCRIPTS["Answer in prose"] = thought("I will not write JSON.", "Here is my answer in plain words, no braces.")
+# a strict tool whose scripted arguments break its schema (spaces, an unknown unit)
+SCRIPTS["Strict weather call"] = (
+    "<|channel|>analysis<|message|>Call it.<|end|>"
+    "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
+    "<|message|>{\"city\": \"Sapporo\", \"unit\": \"kelvin\"}<|call|>"
+)
