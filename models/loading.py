@@ -148,14 +148,9 @@ def _weights_summary(model) -> tuple[str, int]:
     return (max(by_dtype, key=by_dtype.get) if by_dtype else "unknown"), total
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False) -> LoadedModel:
-    """Find, check and load a model, ready to run.
-
-    Runs on the server's generation thread (MLX streams belong to the thread that made them), so
-    it must not start threads of its own."""
-    import mlx.core as mx
-    from mlx_lm.utils import load_model as mlx_load_model
-
+def prepare_model(spec: str, *, trust_remote_code: bool = False) -> Path:
+    """Everything that can fail before loading, and is cheap: find (or download) the model,
+    read its config, check trust and memory. Raises ModelError with a message for the user."""
     path = resolve_model_path(spec)
     try:
         config = json.loads((path / "config.json").read_text())
@@ -168,6 +163,20 @@ def load_model(spec: str, *, trust_remote_code: bool = False) -> LoadedModel:
             "is off by default: pass --trust-remote-code if you trust this model's author."
         )
     check_memory(path)
+    return path
+
+
+def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None = None) -> LoadedModel:
+    """Find, check and load a model, ready to run (`path`: what prepare_model already found).
+
+    Runs on the server's generation thread (MLX streams belong to the thread that made them), so
+    it must not start threads of its own."""
+    import mlx.core as mx
+    from mlx_lm.utils import load_model as mlx_load_model
+
+    if path is None:
+        path = prepare_model(spec, trust_remote_code=trust_remote_code)
+    config = json.loads((path / "config.json").read_text())
     encoding = load_harmony_encoding_offline(path)
 
     # GPT-OSS checkpoints come in three layouts (MLX, MXFP4, transformers' bf16); mlx-lm reads

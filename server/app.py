@@ -5,10 +5,12 @@ import time
 from fastapi import FastAPI, Request
 
 from models.loading import LoadedModel
-from server import chat
+from server import chat, metrics, middleware, responses
+from server.admission import Admission
 from server.config import Settings
 from server.engine import Engine
-from server.errors import APIError, install_error_handlers
+from server.errors import APIError, document_errors, install_error_handlers
+from server.responses_store import open_store
 from server.state import ServerState
 
 
@@ -23,7 +25,16 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
         context_length=settings.context_length or loaded.context_length,
     )
     install_error_handlers(app)
+    document_errors(app)
+    # Auth, CORS, body limit, admission (max_concurrency / max_queue), request log, /metrics.
+    admission = Admission(settings.max_concurrency or settings.max_batch_size, settings.max_queue)
+    app.state.admission = admission
+    middleware.install(app, settings, admission)
+    metrics.bind(admission, engine)
+    app.include_router(metrics.router)
     app.include_router(chat.router)
+    app.include_router(responses.router)
+    app.state.responses_store = open_store(settings)
     started = int(time.time())
 
     def model_card(state: ServerState) -> dict:
@@ -46,6 +57,6 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     async def health(request: Request):
         state = request.app.state.server
         return {"status": "ok", "model": state.model_id, "running": state.engine.running,
-                "waiting": state.engine.waiting}
+                "waiting": state.engine.waiting, "prompt_cache": state.engine.cache_stats()}
 
     return app

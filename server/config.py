@@ -58,6 +58,13 @@ class Settings(BaseModel):
     reasoning_effort: Literal["low", "medium", "high"] = "medium"
     max_tokens: int = Field(4096, ge=1)
 
+    # [reasoning]: reasoning budget and loop guard (server/reasoning_control.py)
+    reasoning_max_tokens: int = Field(0, ge=0)  # analysis tokens before the answer is opened; 0: no limit
+    loop_guard: bool = True  # end an analysis that repeats itself and open the answer
+    loop_max_period: int = Field(128, ge=1, le=4096)  # longest repeating unit looked for, in tokens
+    loop_min_repeats: int = Field(4, ge=2)  # back-to-back copies of the unit that make a loop
+    loop_min_tokens: int = Field(128, ge=2)  # and at least this many tokens of repetition
+
     # [engine]
     max_batch_size: int = Field(16, ge=1)
     prefill_step_size: int = Field(2048, ge=16)

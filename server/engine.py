@@ -59,8 +59,12 @@ class Generation:
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache
 
     def _deliver(self, item) -> None:
-        # Called on the engine thread.
-        self.loop.call_soon_threadsafe(self.output.put_nowait, item)
+        # Called on the engine thread. A loop that is already closed (shutdown) has no one
+        # left to tell; that must not take the engine thread down.
+        try:
+            self.loop.call_soon_threadsafe(self.output.put_nowait, item)
+        except RuntimeError:
+            self.finished = True
 
     async def events(self):
         """Yields generated token ids, then one Finished."""
@@ -78,8 +82,9 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, model_path=None):
         self.settings = settings
+        self.model_path = model_path  # found by models.loading.prepare_model, when already done
         self.loaded: LoadedModel | None = None
         self.load_error: Exception | None = None
         self._ready = threading.Event()
@@ -135,7 +140,8 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            self.loaded = load_model(self.settings.model, trust_remote_code=self.settings.trust_remote_code)
+            self.loaded = load_model(self.settings.model, trust_remote_code=self.settings.trust_remote_code,
+                                     path=self.model_path)
         except Exception as e:  # reported by wait_until_loaded
             self.load_error = e
             self._ready.set()
@@ -153,7 +159,7 @@ class Engine:
             except Exception as e:
                 log.exception("generation step failed")
                 for generation in self._active.values():
-                    generation._deliver(Finished("error", f"generation failed: {e}"))
+                    generation._deliver(Finished("error", str(e) or type(e).__name__))
                 self._active.clear()
                 batch = self._new_batch()
                 continue

@@ -21,9 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One cache (tokenizer, tiktoken file, demo model) for the whole run, shared by servers."""
-    path = Path(os.environ.get("SWALLOW_TEST_CACHE_DIR") or tmp_path_factory.mktemp("cache"))
+def cache_dir() -> Path:
+    """The cache (tokenizer, tiktoken file, demo model) the servers share. It is kept between
+    runs, apart from the user's own cache: its files are deterministic and hash-checked, and
+    building the tokenizer costs ~10 s. The cold path has its own tests (test_models_loading)."""
+    path = Path(os.environ.get("SWALLOW_TEST_CACHE_DIR") or Path.home() / ".cache" / "swallow-server-tests")
+    path.mkdir(parents=True, exist_ok=True)
     os.environ["SWALLOW_CACHE_DIR"] = str(path)
     return path
 
@@ -114,6 +117,13 @@ def start_server(tmp_path_factory, cache_dir):
 def scripted_server(start_server, scripted_model) -> RunningServer:
     """The scripted model behind the real server, greedy by default (replies are exact anyway)."""
     return start_server(["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted"])
+
+
+@pytest.fixture(scope="session")
+def demo_server(start_server) -> RunningServer:
+    """The random-weight gpt_oss demo model (the real architecture, sliding window 128), greedy
+    by default; requests that want sampling set a temperature."""
+    return start_server(["--model", "demo"], env={"SWALLOW_TEMPERATURE": "0"})
 
 
 @pytest.fixture(scope="session")

@@ -60,11 +60,6 @@ def test_model_file_needs_trust_remote_code(scripted_model):
     assert "--trust-remote-code" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.fixture(scope="module")
-def demo_server(start_server):
-    return start_server(["--model", "demo"])
-
-
 def test_demo_model_serves_the_whole_api(demo_server):
     client = demo_server.client()
     assert [m.id for m in client.models.list().data] == ["demo"]

@@ -31,12 +31,10 @@ def test_same_instructions_share_their_cache(client):
 
 
 @pytest.fixture(scope="module")
-def demo_servers(start_server):
-    """The random gpt_oss demo model (sliding window 128), with and without a prompt cache."""
-    greedy = {"SWALLOW_TEMPERATURE": "0"}
-    with_cache = start_server(["--model", "demo"], env=greedy)
-    without_cache = start_server(["--model", "demo"], env={**greedy, "SWALLOW_PROMPT_CACHE_MB": "0"})
-    return with_cache, without_cache
+def demo_servers(start_server, demo_server):
+    """The demo model (sliding window 128), with and without a prompt cache, both greedy."""
+    without_cache = start_server(["--model", "demo"], env={"SWALLOW_TEMPERATURE": "0", "SWALLOW_PROMPT_CACHE_MB": "0"})
+    return demo_server, without_cache
 
 
 def conversation(server, turns: int = 3, reply_tokens: int = 160):
