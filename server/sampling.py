@@ -24,6 +24,9 @@ from mlx_lm.sample_utils import (
 )
 
 
+MIN_TOP_P = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float
@@ -45,7 +48,8 @@ def _sample_top_k(logprobs: mx.array, params: SamplingParams, key: mx.array) -> 
     if 0 < params.top_p < 1:
         probs = mx.exp(values)
         mass_above = mx.cumsum(probs, axis=-1) - probs  # probability of the more likely tokens
-        values = mx.where(mass_above >= params.top_p, -math.inf, values)
+        # the most likely token always stays, however small top_p is
+        values = mx.where((mass_above >= params.top_p) & (mass_above > 0), -math.inf, values)
     if params.min_p > 0:
         values = mx.where(values < values[..., :1] + math.log(params.min_p), -math.inf, values)
     choice = mx.random.categorical(values * (1.0 / params.temperature), key=key)
@@ -62,7 +66,9 @@ def make_request_sampler(params: SamplingParams, vocab_size: int = 201088):
     else:  # no top-k, or one that keeps every token: mlx-lm's filters on the whole vocabulary
         filters = []
         if 0 < params.top_p < 1:
-            filters.append(lambda x: apply_top_p(x, params.top_p))
+            # mlx-lm's top-p drops every token when top_p rounds to 0 in float32
+            top_p = max(params.top_p, MIN_TOP_P)
+            filters.append(lambda x: apply_top_p(x, top_p))
         if params.min_p > 0:
             filters.append(lambda x: apply_min_p(x, params.min_p))
         inverse_temperature = 1.0 / params.temperature

@@ -56,3 +56,12 @@ def test_seeded_sampler_repeats_and_unseeded_differs():
     huge = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=-(2**70))
     assert 0 <= make_request_sampler(huge, VOCAB)(logprobs).item() < VOCAB
     assert math.isfinite(float(logprobs[0, 0]))
+
+
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_tiny_top_p_keeps_the_most_likely_token(top_k):
+    logits = mx.arange(VOCAB, dtype=mx.float32)[None] / 100
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    params = SamplingParams(temperature=1.0, top_p=5e-324, top_k=top_k, min_p=0.0, seed=1)
+    sample = make_request_sampler(params, vocab_size=VOCAB)
+    assert [sample(logprobs).item() for _ in range(3)] == [VOCAB - 1] * 3
