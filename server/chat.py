@@ -1,6 +1,5 @@
 """POST /v1/chat/completions: stream and non-stream, reasoning split from the answer."""
 
-import asyncio
 import json
 import time
 import uuid
@@ -12,9 +11,9 @@ from server import prompt as harmony
 from server import reply_plan
 from server.chat_prompt import build_prompt
 from server.chat_schema import ChatCompletionRequest
-from server.errors import APIError, error_body
+from server.errors import error_body
 from server.state import ServerState, check_context, sampling_params
-from server.turn import TurnEnd, run_turn
+from server.turn import TurnEnd, collect_unless_gone, raise_for_end, run_turn
 
 router = APIRouter()
 
@@ -80,20 +79,11 @@ async def _collect(turn, names) -> tuple[dict, TurnEnd]:
 
 
 async def _complete(turn, generation, meta: dict, names, request: Request, plan, max_tokens: int):
-    collecting = asyncio.ensure_future(_collect(turn, names))
-    # A client that hangs up stops its generation: cancelling the task closes the turn.
-    while not collecting.done():
-        done, _ = await asyncio.wait({collecting}, timeout=0.5)
-        if not done and await request.is_disconnected():
-            generation.cancel()
-            collecting.cancel()
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-    message, end = collecting.result()
-    if end.finish_reason == "error":
-        raise APIError(500, f"The generation failed: {end.error}", type="server_error")
-    problem = plan.problem(end, max_tokens)
-    if problem is not None:
-        raise problem
+    collected = await collect_unless_gone(_collect(turn, names), generation, request)
+    if isinstance(collected, JSONResponse):
+        return collected
+    message, end = collected
+    raise_for_end(end, plan, max_tokens)
     return {
         **meta,
         "object": "chat.completion",

@@ -6,7 +6,6 @@ and OutputBuilder turns the turn's events into output items and stream events. S
 (responses_store.py) let a request continue with `previous_response_id`.
 """
 
-import asyncio
 import itertools
 import json
 import logging
@@ -18,13 +17,13 @@ from pydantic import TypeAdapter
 
 from server import prompt as harmony
 from server import reply_plan
-from server.errors import APIError, error_body
+from server.errors import APIError
 from server.responses_output import OutputBuilder, ResponseShell, final_status
 from server.responses_prompt import build_prompt
 from server.responses_schema import InputItem, ResponsesRequest
 from server.responses_store import ResponseStore
 from server.state import ServerState, check_context, sampling_params
-from server.turn import TurnEnd, run_turn
+from server.turn import TurnEnd, collect_unless_gone, raise_for_end, run_turn
 
 log = logging.getLogger("swallow.responses")
 router = APIRouter()
@@ -102,20 +101,10 @@ async def _collect(turn, builder: OutputBuilder) -> TurnEnd:
 
 
 async def _complete(turn, generation, builder: OutputBuilder, finished, request: Request, plan, max_tokens: int):
-    collecting = asyncio.ensure_future(_collect(turn, builder))
-    # A client that hangs up stops its generation: cancelling the task closes the turn.
-    while not collecting.done():
-        done, _ = await asyncio.wait({collecting}, timeout=0.5)
-        if not done and await request.is_disconnected():
-            generation.cancel()
-            collecting.cancel()
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-    end = collecting.result()
-    if end.finish_reason == "error":
-        raise APIError(500, f"The generation failed: {end.error}", type="server_error")
-    problem = plan.problem(end, max_tokens)
-    if problem is not None:
-        raise problem
+    end = await collect_unless_gone(_collect(turn, builder), generation, request)
+    if isinstance(end, JSONResponse):
+        return end
+    raise_for_end(end, plan, max_tokens)
     return finished(end)
 
 

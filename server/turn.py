@@ -6,9 +6,13 @@ the iteration early (client gone, stop string found, answer complete) cancels th
 which frees its place in the batch at once.
 """
 
+import asyncio
 from dataclasses import dataclass
 
+from fastapi.responses import JSONResponse
+
 from server import metrics
+from server.errors import APIError, error_body
 from server.engine import Finished, Generation
 from server.reply import Event, ReplyParser
 
@@ -98,3 +102,26 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
                   cached_tokens=generation.cached_tokens, error=error)
     watch.end(end)
     yield end
+
+
+async def collect_unless_gone(collecting, generation: Generation, request):
+    """Awaits `collecting` (a coroutine that drains a turn) while watching the client. A client
+    that hangs up stops its generation: returns a 499 response then, else what it collected."""
+    task = asyncio.ensure_future(collecting)
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and await request.is_disconnected():
+            generation.cancel()
+            task.cancel()
+            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
+    return task.result()
+
+
+def raise_for_end(end: TurnEnd, plan, max_tokens: int) -> None:
+    """A turn that failed, or whose answer can't be given (structured output cut short), is an
+    error response rather than a reply."""
+    if end.finish_reason == "error":
+        raise APIError(500, f"The generation failed: {end.error}", type="server_error")
+    problem = plan.problem(end, max_tokens)
+    if problem is not None:
+        raise problem

@@ -47,7 +47,7 @@ SCRIPTS = {
         thought("The tool says sunny.", TOOL_ANSWER),
     ],
     # a call written on the analysis channel, recipient after the channel
-    "Call on analysis": f"<|channel|>analysis to=functions.get_weather<|message|>{{\"city\": \"Osaka\"}}<|call|>",
+    "Call on analysis": "<|channel|>analysis to=functions.get_weather<|message|>{\"city\": \"Osaka\"}<|call|>",
     # a preamble (commentary without recipient) before a call
     "Preamble then call": (
         "<|channel|>commentary<|message|>Let me check.<|end|>"
