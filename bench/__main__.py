@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from bench import models, prompts, report, runs, system
-from bench.runs import log
 
 
 def parse_args(argv):
@@ -37,7 +36,8 @@ def parse_args(argv):
     p.add_argument("--reply-tokens", type=int, default=None,
                    help="turn-1 reply length; above the sliding window (128) is the point (default 200; --quick 136)")
     p.add_argument("--quant-tokens", type=int, default=None,
-                   help="decode length on the quantized model for mlx-lm's default, slow on CPU (default 12; --quick 6)")
+                   help="decode length on the quantized model for mlx-lm's default, slow on CPU "
+                        "(default 12; --quick 6)")
     p.add_argument("--repeat", type=int, default=None,
                    help="rounds of each decode and stream measurement, each system keeping its best; the "
                         "conversation gets up to 2 (default 3; --quick 1)")
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     main_model, quant_model = models.resolve(args.model)
     if args.skip_quant:
         quant_model = None
-    print(f"Model: {main_model.label} ({main_model.path})" + (f"; quantized: {quant_model.label}" if quant_model else ""))
+    print(f"Model: {main_model.label} ({main_model.path})"
+          + (f"; quantized: {quant_model.label}" if quant_model else ""))
     blocked = can_run_stock(main_model)
     if blocked:
         print(f"Note: {blocked}; raw mlx-lm runs it cast to float32 only, mlx_lm.server is skipped.")

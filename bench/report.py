@@ -123,7 +123,8 @@ def targets(r: dict, q: dict | None, blas: dict | None) -> list:
     if blas:
         x = ratio(blas.get("with"), blas.get("without"))
         out.append(("OpenBLAS vs reference BLAS, swallow-server 8 streams",
-                    f"{_num(blas.get('with'))} vs {_num(blas.get('without'))} tok/s ({_ratio(blas.get('with'), blas.get('without'))})"
+                    f"{_num(blas.get('with'))} vs {_num(blas.get('without'))} tok/s "
+                    f"({_ratio(blas.get('with'), blas.get('without'))})"
                     if x else "not measured", None))
     return out
 
