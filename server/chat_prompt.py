@@ -8,7 +8,7 @@ Which old reasoning is shown again is decided in prompt.py, the same for every A
 from server import prompt as harmony
 from server.chat_schema import ChatCompletionRequest
 from server.errors import invalid_request
-from server.tools import ToolNames, check_parameters, describe
+from server.tools import ToolNames, check_parameters, describe, forced_call_prefix
 
 
 def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:
@@ -33,13 +33,13 @@ def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:
     if choice == "required":
         # Start the reply inside a tool call's header; the model writes ".NAME" (a dot is
         # usually merged with the name's first piece, so the prefix stops before it).
-        return names, descriptions, "<|channel|>commentary to=functions"
+        return names, descriptions, forced_call_prefix()
     if choice == "auto":
         return names, descriptions, ""
     wanted = choice.function.get("name")
     if wanted not in names.to_model:
         raise invalid_request(f"tool_choice names an unknown function {wanted!r}", param="tool_choice")
-    prefix = f"<|channel|>commentary to=functions.{names.model_name(wanted)} <|constrain|>json<|message|>"
+    prefix = forced_call_prefix(names.model_name(wanted))
     return names, descriptions, prefix
 
 
