@@ -76,7 +76,7 @@ class Renderer:
         self.encoding = load_harmony_encoding_offline(model_dir)
 
     def request(self, messages: list) -> Request:
-        from server import prompt as harmony
+        from server.harmony import render as harmony
 
         instructions = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
         history = []

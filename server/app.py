@@ -5,12 +5,14 @@ import time
 from fastapi import FastAPI, Request
 
 from models.loading import LoadedModel
-from server import chat, metrics, middleware, responses
-from server.admission import Admission
+from server.api.chat import routes as chat
+from server.api.responses import routes as responses
+from server.api.responses.store import open_store
 from server.config import Settings
-from server.engine import Engine
-from server.errors import APIError, document_errors, install_error_handlers
-from server.responses_store import open_store
+from server.engine.engine import Engine
+from server.plumbing import metrics, middleware
+from server.plumbing.admission import Admission
+from server.plumbing.errors import APIError, document_errors, install_error_handlers
 from server.state import ServerState
 
 

@@ -60,7 +60,7 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from server.app import create_app
-    from server.engine import Engine
+    from server.engine.engine import Engine
 
     engine = Engine(settings, model_path)
     engine.start()

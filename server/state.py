@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from openai_harmony import HarmonyEncoding
 
 from server.config import Settings
-from server.engine import Engine
-from server.errors import invalid_request
-from server.sampling import SamplingParams
+from server.engine.engine import Engine
+from server.engine.sampling import SamplingParams
+from server.plumbing.errors import invalid_request
 
 
 @dataclass

@@ -103,7 +103,7 @@ def _loop_reasoning() -> tuple[str, str, int]:
     import toktok
 
     from server.config import Settings
-    from server.reasoning_control import LoopDetector, LoopSettings
+    from server.engine.reasoning_control import LoopDetector, LoopSettings
 
     vocabulary = toktok._encoding("o200k_harmony")
     phrase = vocabulary.encode(" I will check the sum again.")

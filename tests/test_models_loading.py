@@ -14,7 +14,12 @@ from mlx.utils import tree_flatten
 
 from models import vocab
 from models.errors import ModelError
-from models.loading import check_memory, load_model, memory_limit_bytes, resolve_model_path
+from models.loading import (
+    check_memory,
+    load_model,
+    memory_limit_bytes,
+    resolve_model_path,
+)
 from models.paths import cache_dir
 
 TEXTS = {

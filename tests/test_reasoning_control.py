@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import toktok
 
-from server.reasoning_control import LoopDetector, LoopSettings
+from server.engine.reasoning_control import LoopDetector, LoopSettings
 from tests.scripts import (
     LOOP_ANSWER,
     LOOP_FIRES_AT,
@@ -339,9 +339,9 @@ def test_with_tools_the_model_may_call_then_answers_in_json(scripted_server):
 
 
 def test_the_schema_reaches_the_developer_message(encoding):
-    from server import prompt as harmony
     from server.config import Settings
-    from server.reply_plan import Asked, Plan
+    from server.harmony import render as harmony
+    from server.turn.plan import Asked, Plan
 
     plan = Plan(Asked(format_type="json_schema", format_name="weather", format_schema=WEATHER_SCHEMA,
                       format_description="The weather now."), Settings())

@@ -207,7 +207,7 @@ def test_a_server_bug_mid_stream_still_ends_the_stream():
     begun becomes an error event and [DONE]; before any byte, a 500 error object."""
     from fastapi import FastAPI
 
-    from server.middleware import RequestLog
+    from server.plumbing.middleware import RequestLog
 
     async def broken(scope, receive, send):
         if scope["path"] == "/v1/stream":

@@ -7,9 +7,14 @@ import json
 import httpx
 import pytest
 
-from server.prompt import drop_finished_reasoning
-from server.responses_prompt import conversation, decrypt_reasoning, encrypt_reasoning, tool_setup
-from server.responses_schema import ResponsesRequest
+from server.api.responses.prompt import (
+    conversation,
+    decrypt_reasoning,
+    encrypt_reasoning,
+    tool_setup,
+)
+from server.api.responses.schema import ResponsesRequest
+from server.harmony.render import drop_finished_reasoning
 from tests.scripts import (
     CODEX_COMMAND_ANSWER,
     JAPANESE_ANSWER,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
-from server.sampling import SamplingParams, make_request_sampler
+from server.engine.sampling import SamplingParams, make_request_sampler
 
 VOCAB = 4096  # the sampler works on any vocabulary; a small one keeps the test fast
 

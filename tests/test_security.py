@@ -6,7 +6,7 @@ import pytest
 
 from server.cli import serve_parser
 from server.config import Settings, load_settings
-from server.middleware import origin_regex
+from server.plumbing.middleware import origin_regex
 from tests.scripts import JAPANESE_ANSWER
 
 KEY = "sk-local-test-key"

@@ -4,9 +4,9 @@ import json
 
 import httpx
 
-from server import prompt as harmony
-from server.chat_prompt import build_prompt
-from server.chat_schema import ChatCompletionRequest
+from server.api.chat.prompt import build_prompt
+from server.api.chat.schema import ChatCompletionRequest
+from server.harmony import render as harmony
 from tests.scripts import TOOL_ANSWER, TOOL_ARGUMENTS
 
 WEATHER = {

@@ -15,15 +15,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter
 
-from server import prompt as harmony
-from server import reply_plan
-from server.errors import APIError
-from server.responses_output import OutputBuilder, ResponseShell, final_status
-from server.responses_prompt import build_prompt
-from server.responses_schema import InputItem, ResponsesRequest
-from server.responses_store import ResponseStore
+from server.api.responses.output import OutputBuilder, ResponseShell, final_status
+from server.api.responses.prompt import build_prompt
+from server.api.responses.schema import InputItem, ResponsesRequest
+from server.api.responses.store import ResponseStore
+from server.harmony import render as harmony
+from server.plumbing.errors import APIError
 from server.state import ServerState, check_context, sampling_params
-from server.turn import TurnEnd, collect_unless_gone, raise_for_end, run_turn
+from server.turn import plan as reply_plan
+from server.turn.run import TurnEnd, collect_unless_gone, raise_for_end, run_turn
 
 log = logging.getLogger("swallow.responses")
 router = APIRouter()

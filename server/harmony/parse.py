@@ -17,7 +17,13 @@ import logging
 from dataclasses import dataclass
 
 import toktok
-from openai_harmony import HarmonyEncoding, HarmonyError, Role, StreamableParser, StreamState
+from openai_harmony import (
+    HarmonyEncoding,
+    HarmonyError,
+    Role,
+    StreamableParser,
+    StreamState,
+)
 
 log = logging.getLogger("swallow.reply")
 

@@ -7,13 +7,13 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server import prompt as harmony
-from server import reply_plan
-from server.chat_prompt import build_prompt
-from server.chat_schema import ChatCompletionRequest
-from server.errors import error_body
+from server.api.chat.prompt import build_prompt
+from server.api.chat.schema import ChatCompletionRequest
+from server.harmony import render as harmony
+from server.plumbing.errors import error_body
 from server.state import ServerState, check_context, sampling_params
-from server.turn import TurnEnd, collect_unless_gone, raise_for_end, run_turn
+from server.turn import plan as reply_plan
+from server.turn.run import TurnEnd, collect_unless_gone, raise_for_end, run_turn
 
 router = APIRouter()
 

@@ -27,7 +27,11 @@ from mlx_lm.models.cache import LRUPromptCache
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
-from server.sampling import SamplingParams, make_request_processors, make_request_sampler
+from server.engine.sampling import (
+    SamplingParams,
+    make_request_processors,
+    make_request_sampler,
+)
 
 log = logging.getLogger("swallow.engine")
 

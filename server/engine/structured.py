@@ -36,7 +36,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from server.errors import APIError, invalid_request
+from server.plumbing.errors import APIError, invalid_request
 
 log = logging.getLogger("swallow.structured")
 

@@ -26,10 +26,10 @@ import uuid
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
-from server import metrics
-from server.admission import Admission, Full
 from server.config import Settings
-from server.errors import error_body
+from server.plumbing import metrics
+from server.plumbing.admission import Admission, Full
+from server.plumbing.errors import error_body
 
 log = logging.getLogger("swallow.errors")
 access_log = logging.getLogger("swallow.access")

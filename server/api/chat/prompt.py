@@ -5,10 +5,15 @@ assistant turns (answer, reasoning, tool calls) and tool results become harmony 
 Which old reasoning is shown again is decided in prompt.py, the same for every API.
 """
 
-from server import prompt as harmony
-from server.chat_schema import ChatCompletionRequest
-from server.errors import invalid_request
-from server.tools import ToolNames, check_parameters, describe, forced_call_prefix
+from server.api.chat.schema import ChatCompletionRequest
+from server.harmony import render as harmony
+from server.harmony.tools import (
+    ToolNames,
+    check_parameters,
+    describe,
+    forced_call_prefix,
+)
+from server.plumbing.errors import invalid_request
 
 
 def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:

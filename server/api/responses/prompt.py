@@ -18,10 +18,15 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from server import prompt as harmony
-from server.errors import invalid_request
-from server.responses_schema import ResponsesRequest
-from server.tools import ToolNames, check_parameters, describe, forced_call_prefix
+from server.api.responses.schema import ResponsesRequest
+from server.harmony import render as harmony
+from server.harmony.tools import (
+    ToolNames,
+    check_parameters,
+    describe,
+    forced_call_prefix,
+)
+from server.plumbing.errors import invalid_request
 
 ENCRYPTED_MARKER = "swallow-reasoning-v1:"
 

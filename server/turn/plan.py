@@ -20,10 +20,11 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from server import metrics, structured
-from server.errors import APIError, invalid_request
-from server.reasoning_control import LoopSettings, ReplyControl
-from server.turn import TurnEnd
+from server.engine import structured
+from server.engine.reasoning_control import LoopSettings, ReplyControl
+from server.plumbing import metrics
+from server.plumbing.errors import APIError, invalid_request
+from server.turn.run import TurnEnd
 
 
 @dataclass

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
-from server import metrics
-from server.errors import APIError, error_body
-from server.engine import Finished, Generation
-from server.reply import Event, ReplyParser
+from server.engine.engine import Finished, Generation
+from server.harmony.parse import Event, ReplyParser
+from server.plumbing import metrics
+from server.plumbing.errors import APIError, error_body
 
 
 @dataclass

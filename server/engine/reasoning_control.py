@@ -35,7 +35,7 @@ import mlx.core as mx
 import numpy as np
 from openai_harmony import HarmonyError, Role, StreamableParser, StreamState
 
-from server.structured import Grammar, GrammarGuide
+from server.engine.structured import Grammar, GrammarGuide
 
 log = logging.getLogger("swallow.reasoning")
 

@@ -32,9 +32,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    gc_collector,
     generate_latest,
+    platform_collector,
+    process_collector,
 )
-from prometheus_client import gc_collector, platform_collector, process_collector
 
 disable_created_metrics()  # no *_created series beside every counter and histogram
 REGISTRY = CollectorRegistry()

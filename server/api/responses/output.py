@@ -16,9 +16,9 @@ arguments streamed as they are generated. Events come in OpenAI's order:
 import time
 import uuid
 
-from server.reply import Event
-from server.responses_prompt import ToolSet, encrypt_reasoning
-from server.turn import TurnEnd
+from server.api.responses.prompt import ToolSet, encrypt_reasoning
+from server.harmony.parse import Event
+from server.turn.run import TurnEnd
 
 
 def new_id(prefix: str) -> str:

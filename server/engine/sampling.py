@@ -23,7 +23,6 @@ from mlx_lm.sample_utils import (
     make_logits_processors,
 )
 
-
 MIN_TOP_P = 1e-6
 
 
