@@ -6,13 +6,20 @@ from fastapi import FastAPI, Request
 
 from models.loading import LoadedModel
 from server.api.chat import routes as chat
+from server.api.messages import errors as messages_errors
+from server.api.messages import routes as messages
 from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.config import Settings
 from server.engine.engine import Engine
 from server.plumbing import metrics, middleware
 from server.plumbing.admission import Admission
-from server.plumbing.errors import APIError, document_errors, install_error_handlers
+from server.plumbing.errors import (
+    APIError,
+    document_errors,
+    install_error_handlers,
+    register_shape,
+)
 from server.state import ServerState
 
 
@@ -36,6 +43,8 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     app.include_router(metrics.router)
     app.include_router(chat.router)
     app.include_router(responses.router)
+    app.include_router(messages.router)
+    register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     app.state.responses_store = open_store(settings)
     started = int(time.time())
 

@@ -7,7 +7,6 @@ from openai_harmony import HarmonyEncoding
 from server.config import Settings
 from server.engine.engine import Engine
 from server.engine.sampling import SamplingParams
-from server.plumbing.errors import invalid_request
 
 
 @dataclass
@@ -17,19 +16,6 @@ class ServerState:
     encoding: HarmonyEncoding
     model_id: str
     context_length: int
-
-
-def check_context(state: ServerState, prompt_tokens: int, requested_max: int | None) -> int:
-    """The number of tokens the reply may have; 400 when the prompt doesn't fit."""
-    if prompt_tokens >= state.context_length:
-        raise invalid_request(
-            f"This model's maximum context length is {state.context_length} tokens. However, your "
-            f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    wanted = requested_max or state.settings.max_tokens
-    return min(wanted, state.context_length - prompt_tokens)
 
 
 def sampling_params(body, settings: Settings) -> SamplingParams:

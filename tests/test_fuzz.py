@@ -119,6 +119,23 @@ MALFORMED_RESPONSES = {
 }
 
 
+MALFORMED_MESSAGES = {
+    "no max_tokens": {"messages": USER},
+    "max_tokens 0": {"messages": USER, "max_tokens": 0},
+    "role tool": {"messages": [{"role": "tool", "content": "hi"}], "max_tokens": 8},
+    "image block": {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}], "max_tokens": 8},
+    "block without type": {"messages": [{"role": "user", "content": [{"text": "hi"}]}], "max_tokens": 8},
+    "tool_use without id": {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "x"}]}],
+                            "max_tokens": 8},
+    "tool_result in an assistant turn": {"messages": [{"role": "assistant", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}], "max_tokens": 8},
+    "five stop sequences": {"messages": USER, "max_tokens": 8, "stop_sequences": ["a", "b", "c", "d", "e"]},
+    "thinking of no type": {"messages": USER, "max_tokens": 8, "thinking": {"budget_tokens": 5}},
+    "tool_choice tool without name": {"messages": USER, "max_tokens": 8, "tool_choice": {"type": "tool"}},
+    "server tool": {"messages": USER, "max_tokens": 8, "tools": [{"type": "web_search_20250305", "name": "s"}]},
+}
+
+
 def post(server, path: str, body) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(f"{server.url}{path}", content=content, headers={"content-type": "application/json"},
@@ -137,10 +154,22 @@ def test_malformed_chat_request_is_400(scripted_server, name):
     assert_error_object(post(scripted_server, "/v1/chat/completions", MALFORMED_CHAT[name]))
 
 
+def assert_anthropic_error(response: httpx.Response, status: int = 400) -> None:
+    assert response.status_code == status, response.text[:500]
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
+
+
 @pytest.mark.parametrize("name", list(RAW_MALFORMED))
 def test_malformed_json_is_400(scripted_server, name):
     for path in ("/v1/chat/completions", "/v1/responses"):
         assert_error_object(post(scripted_server, path, RAW_MALFORMED[name]))
+    assert_anthropic_error(post(scripted_server, "/v1/messages", RAW_MALFORMED[name]))
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_MESSAGES))
+def test_malformed_messages_request_is_400(scripted_server, name):
+    assert_anthropic_error(post(scripted_server, "/v1/messages", MALFORMED_MESSAGES[name]))
 
 
 def test_surrogates_and_images_say_what_is_wrong(scripted_server):
@@ -193,6 +222,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(scripted_serve
             check()
         except Exception as e:  # a check failed: keep going, report them all
             failures.append(f"{tried[-1]}: {e}")
-    assert {"POST /v1/chat/completions", "POST /v1/responses", "GET /v1/models"} <= set(tried)
+    assert {"POST /v1/chat/completions", "POST /v1/responses", "POST /v1/messages", "POST /v1/messages/count_tokens",
+            "GET /v1/models"} <= set(tried)
     assert not failures, "\n\n".join(failures)
     assert scripted_server.health()["running"] == 0

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from models import vocab  # noqa: E402
-from server import prompt as harmony  # noqa: E402
+from server.harmony import render as harmony  # noqa: E402
 
 QUESTION = "Hello, who are you?"
 REPLY_TOKENS = 8

@@ -339,14 +339,13 @@ def test_with_tools_the_model_may_call_then_answers_in_json(scripted_server):
 
 
 def test_the_schema_reaches_the_developer_message(encoding):
-    from server.config import Settings
     from server.harmony import render as harmony
-    from server.turn.plan import Asked, Plan
+    from server.turn.plan import Asked, add_format
 
-    plan = Plan(Asked(format_type="json_schema", format_name="weather", format_schema=WEATHER_SCHEMA,
-                      format_description="The weather now."), Settings())
+    asked = Asked(format_type="json_schema", format_name="weather", format_schema=WEATHER_SCHEMA,
+                  format_description="The weather now.")
     prompt = harmony.Prompt(effort="low", instructions="Be brief.", messages=[harmony.user("hi")])
-    plan.add_format(prompt)
+    add_format(prompt, asked)
     text = encoding.decode(harmony.render(encoding, prompt, "You are a test.", "2024-06"))
     assert ("# Instructions\n\nBe brief.\n\n# Response Formats\n\n## weather\n\n// The weather now.\n"
             + json.dumps(WEATHER_SCHEMA, separators=(",", ":"))) in text

@@ -72,6 +72,19 @@ def test_sdk_with_a_wrong_key_gets_authentication_error(keyed_server):
     assert caught.value.status_code == 401
 
 
+def test_anthropic_clients_send_the_key_as_x_api_key(keyed_server):
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=keyed_server.url, api_key=KEY, max_retries=0)
+    reply = claude.messages.create(model="claude-opus-4-8", max_tokens=100, messages=CHAT["messages"])
+    assert reply.content[-1].text == JAPANESE_ANSWER
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        anthropic.Anthropic(base_url=keyed_server.url, api_key="nope", max_retries=0).messages.create(
+            model="m", max_tokens=10, messages=CHAT["messages"])
+    assert caught.value.body == {"type": "error", "error": {"type": "authentication_error",
+                                                            "message": "Incorrect API key provided."}}
+
+
 def test_key_and_limits_from_flags_and_environment(monkeypatch):
     args = serve_parser().parse_args(["--api-key", "from-flag", "--max-concurrency", "3", "--max-queue", "0",
                                       "--cors-origins", "*"])

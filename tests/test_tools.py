@@ -4,8 +4,9 @@ import json
 
 import httpx
 
-from server.api.chat.prompt import build_prompt
+from server.api.chat.prompt import turn_spec
 from server.api.chat.schema import ChatCompletionRequest
+from server.engine.sampling import SamplingParams
 from server.harmony import render as harmony
 from tests.scripts import TOOL_ANSWER, TOOL_ARGUMENTS
 
@@ -45,10 +46,12 @@ def accumulate(chunks):
         finish = chunk.choices[0].finish_reason or finish
     return calls, content, reasoning, finish
 
+GREEDY = SamplingParams(temperature=0, top_p=1, top_k=0, min_p=0)
+
 
 def test_definitions_render_as_harmony_expects(encoding):
     body = ChatCompletionRequest(messages=ASK, tools=[WEATHER])
-    prompt, _, _ = build_prompt(body, "medium")
+    prompt = turn_spec(body, "medium", GREEDY)[0].prompt
     text = encoding.decode(harmony.render(encoding, prompt, "You are a test.", "2024-06"))
     assert "Calls to these tools must go to the commentary channel: 'functions'." in text
     assert "namespace functions {" in text
@@ -106,7 +109,7 @@ def test_history_renders_call_result_and_keeps_the_turns_reasoning(encoding):
         {"role": "assistant", "content": None, "reasoning_content": "CURRENT THOUGHTS", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ], tools=[{**WEATHER, "function": {**WEATHER["function"], "name": "get weather-now"}}])
-    prompt, _, _ = build_prompt(body, "low")
+    prompt = turn_spec(body, "low", GREEDY)[0].prompt
     text = encoding.decode(harmony.render(encoding, prompt, "You are a test.", "2024-06"))
     assert "OLD THOUGHTS" not in text and "earlier answer" in text
     assert "<|channel|>analysis<|message|>CURRENT THOUGHTS<|end|>" in text

@@ -17,6 +17,10 @@ and the recipient of the message being written, and shapes the next token's logi
 - grammars: in the final message (structured output) and in a strict tool call's arguments,
   only tokens the grammar allows, and the end token (<|return|> / <|call|>) once the JSON is
   complete.
+- header choices (`tool_choice: "required"` with several tools): the reply starts inside a call's
+  header (`<|channel|>commentary to=functions`) and its next tokens are held to the rest of a
+  declared tool's header (`.NAME <|constrain|>json<|message|>`), so a forced call always names
+  a real tool and the header always reaches its message.
 - `force_final` (structured output without tools): the reply's header is forced
   (`<|channel|>analysis<|message|>`, or the final one when there is no reasoning budget), the
   analysis may not use special tokens other than `<|end|>` (the probability the model gives to
@@ -114,7 +118,7 @@ def _stop_means_end(logits: mx.array) -> mx.array:
 class ReplyControl:
     def __init__(self, encoding, *, prefix=(), budget: int | None = None, loop: LoopSettings | None = None,
                  final_grammar: Grammar | None = None, tool_grammars: dict | None = None,
-                 force_final: bool = False, start_with_final: bool = False):
+                 force_final: bool = False, start_with_final: bool = False, header_choices=()):
         self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
         self._queue: deque[int] = deque()
         self._calls = 0
@@ -137,13 +141,19 @@ class ReplyControl:
         self._prefixed = bool(prefix)
         for token in prefix:
             self._observe(token)
+        # the ways a forced call's header may go on (one per declared tool), and its tokens so far
+        self._header_choices = [list(c) for c in header_choices]
+        self._header: list[int] = []
 
     # ---- the processor -------------------------------------------------------------
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         try:
             if self._calls:
-                self._observe(int(tokens[-1].item()))
+                token = int(tokens[-1].item())
+                if self._header_choices:
+                    self._header.append(token)
+                self._observe(token)
             self._calls += 1
             return self._shape(logits)
         except Exception as e:  # never into the batch step
@@ -223,6 +233,8 @@ class ReplyControl:
             return logits
         if self._queue:
             return _forced(self._queue.popleft(), logits)
+        if self._header_choices:
+            return self._held_to_header(logits)
         if self._calls == 1 and not self._prefixed and (self.force_final or self.start_with_final):
             header = FINAL_HEADER if self.start_with_final or self.budget == 0 else ANALYSIS_HEADER
             self._queue.extend(header[1:])
@@ -238,6 +250,18 @@ class ReplyControl:
             if self.force_final:
                 return _stop_means_end(logits)
         return logits
+
+    def _held_to_header(self, logits: mx.array) -> mx.array:
+        """Only tokens that continue the header of a call to a declared tool."""
+        done = len(self._header)
+        allowed = {c[done] for c in self._header_choices if c[:done] == self._header and len(c) > done}
+        if not allowed:  # the header is complete: the arguments are the model's (or a grammar's)
+            self._header_choices = []
+            return self._shape(logits)
+        size = logits.shape[-1]
+        mask = np.zeros(size, dtype=bool)
+        mask[[t for t in allowed if t < size]] = True
+        return mx.where(mx.array(mask), logits, -mx.inf)
 
     def _guided(self, logits: mx.array) -> mx.array:
         guide = self._guide

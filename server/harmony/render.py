@@ -1,6 +1,6 @@
 """Harmony prompts, rendered by openai-harmony: the one place that builds model input.
 
-Both API layers turn their requests into a `Prompt` (instructions, tools, conversation items
+Every API turns its requests into a `Prompt` (instructions, tools, conversation items
 as harmony messages) and render it here, so the system message, the developer message and
 the rule about old reasoning are the same everywhere.
 """
@@ -34,6 +34,12 @@ class Prompt:
 
 def user(text: str) -> Message:
     return Message.from_role_and_content(Role.USER, text)
+
+
+def developer_note(text: str) -> Message:
+    """Instructions in the middle of a conversation (a system message between turns): a
+    developer message in place, so the prompt before it stays the same (and cached)."""
+    return Message.from_role_and_content(Role.DEVELOPER, text)
 
 
 def assistant_final(text: str) -> Message:

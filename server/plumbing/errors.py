@@ -1,10 +1,15 @@
 """OpenAI's error object for every failure: {"error": {"message", "type", "param", "code"}}.
 
 Clients (the openai SDK above all) read these fields; FastAPI's own 422 shape would break
-them, so validation errors are re-shaped into 400s here.
+them, so validation errors are re-shaped into 400s here. An API with an error format of its own
+(Anthropic's, under /v1/messages) registers it for its paths with `register_shape`, and every
+error on those paths, the middleware's included, comes in that shape.
 """
 
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +35,41 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass
+class Shape:
+    body: Callable[[int, str, str, str | None, str | None], dict]  # (status, message, type, param, code)
+    stream_error: Callable[[dict], str]  # an error event that ends a stream already begun
+    name: str  # the error body's schema in /openapi.json
+    schema: dict
+
+
+_SHAPES: dict[str, Shape] = {}  # path prefix -> the API's error shape
+
+
+def register_shape(prefix: str, shape: Shape) -> None:
+    _SHAPES[prefix] = shape
+
+
+def shape_for(path: str) -> Shape | None:
+    return next((shape for prefix, shape in _SHAPES.items() if path == prefix or path.startswith(prefix + "/")),
+                None)
+
+
+def shaped_body(path: str, status: int, message: str, type: str, param: str | None = None,
+                code: str | None = None) -> dict:
+    """The error object the API serving `path` uses."""
+    shape = shape_for(path)
+    return shape.body(status, message, type, param, code) if shape else error_body(message, type, param, code)
+
+
+def stream_error(path: str, body: dict) -> str:
+    """The SSE text that ends a stream with an error, in the API's own framing."""
+    shape = shape_for(path)
+    if shape is not None:
+        return shape.stream_error(body)
+    return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"
 
 
 def _location(loc: tuple) -> str:
@@ -58,24 +98,27 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+    async def _api_error(request: Request, exc: APIError):
+        body = shaped_body(request.url.path, exc.status, exc.message, exc.type, exc.param, exc.code)
+        return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
+    async def _validation_error(request: Request, exc: RequestValidationError):
         message, param = _validation_message(exc)
-        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+        return JSONResponse(shaped_body(request.url.path, 400, message, "invalid_request_error", param),
+                            status_code=400)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException):
+    async def _http_error(request: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(shaped_body(request.url.path, exc.status_code, str(exc.detail), kind),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error")
-        return JSONResponse(error_body("Internal server error.", "server_error"), status_code=500)
+        return JSONResponse(shaped_body(request.url.path, 500, "Internal server error.", "server_error"),
+                            status_code=500)
 
 
 ERROR_SCHEMA = {
@@ -97,7 +140,12 @@ ERROR_STATUSES = {
     "404": "Not found", "413": "Request body too large", "429": "Server busy (see Retry-After)",
     "500": "Generation failed",
 }
-STREAMING = {("/v1/chat/completions", "post"), ("/v1/responses", "post")}
+STREAMING = {("/v1/chat/completions", "post"), ("/v1/responses", "post"), ("/v1/messages", "post")}
+
+
+# one server-sent event: its data, and its name where the API sends one (Responses, Messages)
+SSE_EVENT = {"type": ["object", "string"],
+             "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
 
 
 def document_errors(app: FastAPI) -> None:
@@ -114,8 +162,12 @@ def document_errors(app: FastAPI) -> None:
         components["ErrorResponse"] = ERROR_SCHEMA
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
-        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for shape in _SHAPES.values():
+            components[shape.name] = shape.schema
         for path, operations in schema.get("paths", {}).items():
+            shape = shape_for(path)
+            ref = f"#/components/schemas/{shape.name if shape else 'ErrorResponse'}"
+            error = {"content": {"application/json": {"schema": {"$ref": ref}}}}
             for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
@@ -126,7 +178,7 @@ def document_errors(app: FastAPI) -> None:
                         continue
                     responses.setdefault(status, {"description": description, **error})
                 if (path, method) in STREAMING and "200" in responses:
-                    responses["200"].setdefault("content", {})["text/event-stream"] = {"schema": {"type": "string"}}
+                    responses["200"].setdefault("content", {})["text/event-stream"] = {"schema": SSE_EVENT}
         app.openapi_schema = schema
         return schema
 

@@ -14,6 +14,8 @@
   because of the reasoning budget (reason="budget") or a loop (reason="loop")
 - swallow_structured_output_failures_total: structured-output requests that failed rather than
   return JSON that doesn't match (token limit reached mid-JSON, or a broken reply)
+- swallow_undeclared_tool_calls_total: calls the model wrote to tools the request never declared,
+  delivered as text (no client can act on them)
 - process_* (memory, CPU, open files) and python_gc_*
 
 One registry per process (one server per process). run_turn (server/turn.py) reports through
@@ -73,6 +75,8 @@ for _reason in ("budget", "loop"):
     REASONING_STOPS.labels(_reason)  # both series from the start, at 0
 STRUCTURED_FAILURES = Counter("swallow_structured_output_failures", "Structured-output requests that failed "
                               "instead of returning non-conforming JSON", registry=REGISTRY)
+UNDECLARED_CALLS = Counter("swallow_undeclared_tool_calls", "Tool calls the model wrote to a tool the request "
+                           "did not declare, delivered as text instead", registry=REGISTRY)
 RUNNING = Gauge("swallow_requests_running", "Requests holding a generation slot", registry=REGISTRY)
 QUEUED = Gauge("swallow_requests_queued", "Requests waiting for a generation slot", registry=REGISTRY)
 ENGINE_SEQUENCES = Gauge("swallow_engine_sequences", "Sequences in the engine's batch (prefilling or "

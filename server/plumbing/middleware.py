@@ -6,7 +6,7 @@
    an error event and `data: [DONE]` so the stream still ends cleanly.
 2. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
    from any other origin gets 403 (CORS headers alone would let it run, unread).
-3. ApiKey (only with an api_key): /v1/* wants `Authorization: Bearer <key>`, else 401.
+3. ApiKey (only with an api_key): /v1/* wants `Authorization: Bearer <key>` or `x-api-key`, else 401.
 4. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string or JSON nested
    more than MAX_DEPTH levels gets 400; generating endpoints go through admission
    (server/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
@@ -29,12 +29,12 @@ from starlette.requests import ClientDisconnect
 from server.config import Settings
 from server.plumbing import metrics
 from server.plumbing.admission import Admission, Full
-from server.plumbing.errors import error_body
+from server.plumbing.errors import shaped_body, stream_error
 
 log = logging.getLogger("swallow.errors")
 access_log = logging.getLogger("swallow.access")
 
-GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions"}
+GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"}  # others: "other" in metrics
@@ -88,9 +88,9 @@ def _is_api(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
-async def send_error(send, status: int, message: str, *, type: str = "invalid_request_error",
+async def send_error(send, scope, status: int, message: str, *, type: str = "invalid_request_error",
                      code: str | None = None, param: str | None = None, headers=()) -> None:
-    body = json.dumps(error_body(message, type, param, code)).encode()
+    body = json.dumps(shaped_body(scope.get("path", ""), status, message, type, param, code)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -140,7 +140,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_logged)
         except Exception as e:
-            await self._failed(e, request_id, status, stream, ended, send_logged)
+            await self._failed(e, scope, request_id, status, stream, ended, send_logged)
         finally:
             metrics.REQUEST_START.reset(started)
             try:
@@ -160,17 +160,19 @@ class RequestLog:
                         elapsed, sent, "" if ended or status is None else " (cut short)", request_id)
 
     @staticmethod
-    async def _failed(error: Exception, request_id: str, status, stream: bool, ended: bool, send) -> None:
+    async def _failed(error: Exception, scope, request_id: str, status, stream: bool, ended: bool, send) -> None:
         """Answer for an exception the app let out, if the connection still allows it."""
         if isinstance(error, (OSError, ClientDisconnect)):
             return  # the client is gone: nobody to tell
         log.error("request %s failed", request_id, exc_info=error)
         try:
             if status is None:
-                await send_error(send, 500, "Internal server error.", type="server_error")
+                await send_error(send, scope, 500, "Internal server error.", type="server_error")
             elif stream and not ended:
-                event = error_body(f"The server failed while streaming (request {request_id}).", "server_error")
-                body = f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
+                path = scope.get("path", "")
+                event = shaped_body(path, 500, f"The server failed while streaming (request {request_id}).",
+                                    "server_error")
+                body = stream_error(path, event).encode()
                 await send({"type": "http.response.body", "body": body, "more_body": False})
         except Exception:  # the connection broke too
             pass
@@ -187,29 +189,41 @@ class OriginGuard:
             origin = _header(scope, b"origin")
             if origin is not None and not self.allowed.fullmatch(origin.decode("latin-1")):
                 return await send_error(
-                    send, 403, f"Requests from pages of the origin {origin.decode('latin-1')!r} are not "
+                    send, scope, 403, f"Requests from pages of the origin {origin.decode('latin-1')!r} are not "
                     "allowed; add it to the server's cors_origins setting.", code="origin_not_allowed")
         await self.app(scope, receive, send)
 
 
 class ApiKey:
+    """/v1/* wants the key, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
+    (Anthropic's)."""
+
     def __init__(self, app, key: str):
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and _is_api(scope.get("path", "")) and scope["method"] != "OPTIONS":
-            given = _header(scope, b"authorization")
+            given = self._given(scope)
             if given is None:
-                return await self._refuse(send, "You didn't provide an API key. Send it in the "
-                                          "Authorization header: 'Authorization: Bearer <key>'.", None)
-            scheme, _, token = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-                return await self._refuse(send, "Incorrect API key provided.", "invalid_api_key")
+                return await self._refuse(send, scope, "You didn't provide an API key. Send it in the "
+                                          "Authorization header: 'Authorization: Bearer <key>' (or in "
+                                          "'x-api-key: <key>').", None)
+            if not hmac.compare_digest(given, self.key):
+                return await self._refuse(send, scope, "Incorrect API key provided.", "invalid_api_key")
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _refuse(send, message: str, code: str | None) -> None:
-        await send_error(send, 401, message, code=code, headers=[(b"www-authenticate", b"Bearer")])
+    def _given(scope) -> bytes | None:
+        bearer = _header(scope, b"authorization")
+        if bearer is not None:
+            scheme, _, token = bearer.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else b""
+        key = _header(scope, b"x-api-key")
+        return key.strip() if key is not None else None
+
+    @staticmethod
+    async def _refuse(send, scope, message: str, code: str | None) -> None:
+        await send_error(send, scope, 401, message, code=code, headers=[(b"www-authenticate", b"Bearer")])
 
 
 class Gate:
@@ -223,7 +237,7 @@ class Gate:
             return await self.app(scope, receive, send)
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._too_large(send)
+            return await self._too_large(send, scope)
         ticket = None
         if scope.get("path") in GENERATING:
             try:
@@ -231,18 +245,18 @@ class Gate:
             except Full:
                 wait = str(self.admission.retry_after()).encode()
                 return await send_error(
-                    send, 429, "The server is busy: every generation slot is taken and the queue is full. "
+                    send, scope, 429, "The server is busy: every generation slot is taken and the queue is full. "
                     "Retry after a moment.", type="rate_limit_error", code="server_busy",
                     headers=[(b"retry-after", wait)])
         try:
             body = await self._read_body(receive)
             if body is None:
-                return await self._too_large(send)
+                return await self._too_large(send, scope)
             if body is False:
                 return  # the client left while sending
             problem = json_problem(body)
             if problem:
-                return await send_error(send, 400, problem)
+                return await send_error(send, scope, 400, problem)
             if ticket is not None and not await self._wait_for_slot(ticket, receive):
                 return  # left while waiting in the queue: its place is given back below
             await self.app(scope, _replay(body, receive), send)
@@ -280,8 +294,8 @@ class Gate:
                     return False
         return True
 
-    async def _too_large(self, send) -> None:
-        await send_error(send, 413, f"The request body is larger than this server's limit of "
+    async def _too_large(self, send, scope) -> None:
+        await send_error(send, scope, 413, f"The request body is larger than this server's limit of "
                          f"{self.max_body // 2**20} MiB (max_body_mb).", code="request_too_large",
                          headers=[(b"connection", b"close")])
 

@@ -1,13 +1,13 @@
 """What a request asked of its reply (reasoning budget, loop guard, structured output), prepared
-for the engine, and what the API layers do with the outcome.
+for the engine, and what the turn does with the outcome.
 
-Both endpoints describe their request as `Asked`, then:
+Each API describes its request as `Asked`; the turn (pipeline.py) then:
 
     plan = await prepare(asked, state)           # compiles the grammars: 400 when unusable
-    plan.add_format(prompt)                      # harmony's "# Response Formats" section
+    add_format(prompt, asked)                    # harmony's "# Response Formats" section
     ...render, check_context -> max_tokens...
     control = plan.control(encoding, prefix_tokens, max_tokens)   # the logits processor
-    turn = plan.watch(run_turn(...))             # drops reasoning when excluded, keeps the answer
+    events = plan.watch(run_turn(...))           # drops reasoning when excluded, keeps the answer
     ...after the turn: plan.problem(end, max_tokens) -> APIError | None; plan.fields()
 
 Reasoning budget: `reasoning.max_tokens` (OpenRouter's form) or the `reasoning_max_tokens`
@@ -58,47 +58,12 @@ def from_reasoning(asked: Asked, reasoning) -> Asked:
     return asked
 
 
-def asked_by_chat(body, names, tools_active: bool) -> Asked:
-    asked = from_reasoning(Asked(tools_active=tools_active, has_stop=bool(body.stop_strings()),
-                                 max_tokens_param="max_completion_tokens" if body.max_completion_tokens
-                                 else "max_tokens"), body.reasoning)
-    fmt = body.response_format
-    if fmt is not None and fmt.type != "text":
-        asked.format_type = fmt.type
-        asked.format_param = "response_format.json_schema" if fmt.type == "json_schema" else "response_format"
-        if fmt.json_schema is not None:
-            asked.format_name = fmt.json_schema.name
-            asked.format_schema = fmt.json_schema.schema_
-            asked.format_description = fmt.json_schema.description
-    if tools_active:
-        asked.strict_tools = [
-            (names.model_name(tool.function.name), tool.function.parameters, f"tools[{i}].function.parameters")
-            for i, tool in enumerate(body.tools or []) if tool.function.strict
-        ]
-    return asked
-
-
-def asked_by_responses(body, tools, tools_active: bool) -> Asked:
-    """`tools`: the request's ToolSet (responses_prompt.tool_setup)."""
-    asked = from_reasoning(Asked(tools_active=tools_active, max_tokens_param="max_output_tokens"), body.reasoning)
-    fmt = body.text.format if body.text is not None else None
-    if fmt is not None and fmt.type != "text":
-        asked.format_type = fmt.type
-        asked.format_param = "text.format"
-        asked.format_name = fmt.name or "response"
-        asked.format_schema = fmt.schema_
-        asked.format_description = fmt.description
-    if tools_active:
-        for i, tool in enumerate(body.tools or []):
-            if tool.type == "function":
-                functions = [(None, tool, f"tools[{i}]")]
-            elif tool.type == "namespace":
-                functions = [(tool.name, f, f"tools[{i}].tools[{j}]") for j, f in enumerate(tool.tools)]
-            else:
-                continue
-            asked.strict_tools += [(tools.model_name(namespace, f.name), f.parameters, f"{path}.parameters")
-                                   for namespace, f, path in functions if f.strict]
-    return asked
+def add_format(prompt, asked: Asked) -> None:
+    """Harmony's "# Response Formats" section in the developer message, for a json_schema format."""
+    if asked.format_type == "json_schema":
+        section = structured.response_format_section(asked.format_name, asked.format_schema,
+                                                     asked.format_description)
+        prompt.instructions = structured.with_response_format(prompt.instructions, section)
 
 
 class Plan:
@@ -115,13 +80,6 @@ class Plan:
 
     # ---- before the generation -------------------------------------------------------
 
-    def add_format(self, prompt) -> None:
-        asked = self.asked
-        if asked.format_type == "json_schema":
-            section = structured.response_format_section(asked.format_name, asked.format_schema,
-                                                         asked.format_description)
-            prompt.instructions = structured.with_response_format(prompt.instructions, section)
-
     def budget(self, max_tokens: int) -> int | None:
         asked, settings = self.asked, self.settings
         if asked.enabled is False:
@@ -134,7 +92,7 @@ class Plan:
             budget = min(math.inf if budget is None else budget, max_tokens // 2)
         return budget
 
-    def control(self, encoding, prefix_tokens, max_tokens: int) -> ReplyControl:
+    def control(self, encoding, prefix_tokens, max_tokens: int, header_choices=()) -> ReplyControl:
         asked, settings = self.asked, self.settings
         guard = settings.loop_guard if asked.loop_guard is None else asked.loop_guard
         loop = LoopSettings(settings.loop_max_period, settings.loop_min_repeats,
@@ -146,6 +104,7 @@ class Plan:
             final_grammar=self.final_grammar, tool_grammars=self.tool_grammars,
             force_final=asked.structured and free_start,
             start_with_final=budget == 0 and free_start,
+            header_choices=header_choices,
         )
         return self.reply_control
 

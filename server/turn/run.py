@@ -1,20 +1,16 @@
-"""One assistant turn: submit the prompt to the engine, parse the tokens, yield what to send.
+"""The tokens of one generation -> what to send: harmony's parse, stop strings, undeclared calls.
 
-Shared by every API layer. It yields `Event`s (reasoning, content, tool_call, tool_arguments)
+Run by the turn pipeline (pipeline.py) for every API. It yields `Event`s (reasoning, content, tool_call, tool_arguments)
 as the tokens come, then one `TurnEnd` with the finish reason and the token counts. Leaving
 the iteration early (client gone, stop string found, answer complete) cancels the generation,
 which frees its place in the batch at once.
 """
 
-import asyncio
 from dataclasses import dataclass
-
-from fastapi.responses import JSONResponse
 
 from server.engine.engine import Finished, Generation
 from server.harmony.parse import Event, ReplyParser
 from server.plumbing import metrics
-from server.plumbing.errors import APIError, error_body
 
 
 @dataclass
@@ -25,6 +21,7 @@ class TurnEnd:
     reasoning_tokens: int
     cached_tokens: int = 0
     error: str | None = None
+    stop_string: str | None = None  # the stop string that ended the answer, if one did
 
 
 class StopMatcher:
@@ -34,39 +31,62 @@ class StopMatcher:
         self.stops = stops
         self.pending = ""
 
-    def feed(self, text: str) -> tuple[str, bool]:
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """(text safe to send, the stop string found or None)."""
         if not self.stops:
-            return text, False
+            return text, None
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
+            at, hit = min(hits)
+            out, self.pending = self.pending[:at], ""
+            return out, hit
         keep = max(
             (k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])),
             default=0,
         )
         cut = len(self.pending) - keep
         out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
+        return out, None
 
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
 
 
-async def run_turn(generation: Generation, encoding, stops: list[str], prefix: list[int] = ()):
+async def run_turn(generation: Generation, encoding, stops: list[str], prefix: list[int] = (),
+                   declared: set[str] | None = None):
     """`prefix`: tokens of a forced start of the reply, already at the end of the prompt.
+    `declared`: model names of the tools the client declared; a call to any other tool is not
+    a tool call (no client can act on it): it is shown as text, `name(arguments)`, and the
+    turn ends as "stop". None: every call counts.
     The caller also cancels `generation` when it stops listening: a closed async generator's
     cleanup may not get to run when its task is being cancelled."""
     parser = ReplyParser(encoding)
     watch = metrics.TurnWatch(len(generation.prompt))
     completion_tokens, finish, error, called = 0, None, None, False
-    for token in prefix:
-        for event in parser.feed(token):
-            called = called or event.kind == "tool_call"
-            yield event
     stop = StopMatcher(stops)
+    stop_string, undeclared = None, False
+
+    def shown(events):
+        """The parser's events as the client sees them: calls to undeclared tools as text."""
+        nonlocal called, undeclared
+        for event in events:
+            if event.kind == "tool_call":
+                undeclared = declared is not None and event.text not in declared
+                if undeclared:
+                    metrics.UNDECLARED_CALLS.inc()
+                    yield Event("content", f"{event.text}(")
+                    continue
+                called = True
+            elif event.kind == "tool_arguments" and undeclared:
+                yield Event("content", event.text)
+                continue
+            yield event
+
+    for token in prefix:
+        for event in shown(parser.feed(token)):
+            yield event
     try:
         async for item in generation.events():
             if isinstance(item, Finished):
@@ -77,16 +97,15 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
                 completion_tokens += 1
                 watch.token()
                 events = parser.feed(item)
-            for event in events:
+            for event in shown(events):
                 if event.kind == "content":
                     text, hit = stop.feed(event.text)
                     if text:
                         yield Event("content", text)
-                    if hit:
-                        finish = "stop"
+                    if hit is not None:
+                        finish, stop_string = "stop", hit
                         break
                 else:
-                    called = called or event.kind == "tool_call"
                     yield event
             if finish is not None or parser.done:
                 break
@@ -94,34 +113,13 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
         generation.cancel()
         watch.close(generation)
     rest = stop.flush()
+    if undeclared and stop_string is None:
+        rest += ")"
     if rest:
         yield Event("content", rest)
     if called and finish != "length":
         finish = "tool_calls"
     end = TurnEnd(finish or "stop", len(generation.prompt), completion_tokens, parser.reasoning_tokens,
-                  cached_tokens=generation.cached_tokens, error=error)
+                  cached_tokens=generation.cached_tokens, error=error, stop_string=stop_string)
     watch.end(end)
     yield end
-
-
-async def collect_unless_gone(collecting, generation: Generation, request):
-    """Awaits `collecting` (a coroutine that drains a turn) while watching the client. A client
-    that hangs up stops its generation: returns a 499 response then, else what it collected."""
-    task = asyncio.ensure_future(collecting)
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        if not done and await request.is_disconnected():
-            generation.cancel()
-            task.cancel()
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-    return task.result()
-
-
-def raise_for_end(end: TurnEnd, plan, max_tokens: int) -> None:
-    """A turn that failed, or whose answer can't be given (structured output cut short), is an
-    error response rather than a reply."""
-    if end.finish_reason == "error":
-        raise APIError(500, f"The generation failed: {end.error}", type="server_error")
-    problem = plan.problem(end, max_tokens)
-    if problem is not None:
-        raise problem

@@ -1,23 +1,22 @@
-"""Chat-completions messages -> a harmony Prompt.
+"""A chat-completions request -> the turn it asks for (a harmony Prompt and the turn's options).
 
 System and developer messages become the developer message's instructions; user turns,
 assistant turns (answer, reasoning, tool calls) and tool results become harmony messages.
-Which old reasoning is shown again is decided in prompt.py, the same for every API.
+Which old reasoning is shown again is decided in harmony/render.py, the same for every API.
 """
 
 from server.api.chat.schema import ChatCompletionRequest
+from server.engine.sampling import SamplingParams
 from server.harmony import render as harmony
-from server.harmony.tools import (
-    ToolNames,
-    check_parameters,
-    describe,
-    forced_call_prefix,
-)
+from server.harmony.tools import ToolNames, check_parameters, describe
 from server.plumbing.errors import invalid_request
+from server.turn.pipeline import ANY_TOOL, TurnSpec
+from server.turn.plan import Asked, from_reasoning
 
 
-def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:
-    """(name mapping, tool descriptions shown to the model, forced reply prefix)."""
+def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str | None]:
+    """(name mapping, tool descriptions shown to the model, the tool the reply must call:
+    None, ANY_TOOL or a model name)."""
     tools = body.tools or []
     names = ToolNames([t.function.name for t in tools])
     if len(names.to_model) != len(tools):
@@ -30,22 +29,19 @@ def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str]:
     if choice == "none" or not tools:
         if choice not in ("none", "auto"):
             raise invalid_request("tool_choice needs tools", param="tool_choice")
-        return names, [], ""
+        return names, [], None
     descriptions = [
         describe(names.model_name(t.function.name), t.function.description, t.function.parameters)
         for t in tools
     ]
     if choice == "required":
-        # Start the reply inside a tool call's header; the model writes ".NAME" (a dot is
-        # usually merged with the name's first piece, so the prefix stops before it).
-        return names, descriptions, forced_call_prefix()
+        return names, descriptions, ANY_TOOL
     if choice == "auto":
-        return names, descriptions, ""
+        return names, descriptions, None
     wanted = choice.function.get("name")
     if wanted not in names.to_model:
         raise invalid_request(f"tool_choice names an unknown function {wanted!r}", param="tool_choice")
-    prefix = forced_call_prefix(names.model_name(wanted))
-    return names, descriptions, prefix
+    return names, descriptions, names.model_name(wanted)
 
 
 def conversation(body: ChatCompletionRequest, names: ToolNames) -> tuple[str, list]:
@@ -82,8 +78,29 @@ def conversation(body: ChatCompletionRequest, names: ToolNames) -> tuple[str, li
     return "\n\n".join(instructions), messages
 
 
-def build_prompt(body: ChatCompletionRequest, default_effort: str) -> tuple[harmony.Prompt, ToolNames, str]:
-    names, descriptions, prefix = tool_setup(body)
+def asked(body: ChatCompletionRequest, names: ToolNames, tools_active: bool) -> Asked:
+    """What the request asks of its reply: reasoning controls, response format, strict tools."""
+    asked = from_reasoning(Asked(max_tokens_param="max_completion_tokens" if body.max_completion_tokens
+                                 else "max_tokens"), body.reasoning)
+    fmt = body.response_format
+    if fmt is not None and fmt.type != "text":
+        asked.format_type = fmt.type
+        asked.format_param = "response_format.json_schema" if fmt.type == "json_schema" else "response_format"
+        if fmt.json_schema is not None:
+            asked.format_name = fmt.json_schema.name
+            asked.format_schema = fmt.json_schema.schema_
+            asked.format_description = fmt.json_schema.description
+    if tools_active:
+        asked.strict_tools = [
+            (names.model_name(tool.function.name), tool.function.parameters, f"tools[{i}].function.parameters")
+            for i, tool in enumerate(body.tools or []) if tool.function.strict
+        ]
+    return asked
+
+
+
+def turn_spec(body: ChatCompletionRequest, default_effort: str, sampling: SamplingParams) -> tuple[TurnSpec, ToolNames]:
+    names, descriptions, forced = tool_setup(body)
     instructions, messages = conversation(body, names)
     prompt = harmony.Prompt(
         effort=body.effort(default_effort),
@@ -91,4 +108,6 @@ def build_prompt(body: ChatCompletionRequest, default_effort: str) -> tuple[harm
         tools=descriptions,
         messages=messages,
     )
-    return prompt, names, prefix
+    spec = TurnSpec(prompt, sampling, max_tokens=body.max_completion_tokens or body.max_tokens,
+                    asked=asked(body, names, bool(descriptions)), forced_tool=forced, stop=body.stop_strings())
+    return spec, names

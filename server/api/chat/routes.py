@@ -5,15 +5,13 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from server.api.chat.prompt import build_prompt
+from server.api.chat.prompt import turn_spec
 from server.api.chat.schema import ChatCompletionRequest
-from server.harmony import render as harmony
-from server.plumbing.errors import error_body
-from server.state import ServerState, check_context, sampling_params
-from server.turn import plan as reply_plan
-from server.turn.run import TurnEnd, collect_unless_gone, raise_for_end, run_turn
+from server.state import ServerState, sampling_params
+from server.turn.pipeline import Turn
+from server.turn.run import TurnEnd
 
 router = APIRouter()
 
@@ -35,33 +33,30 @@ def _sse(payload: dict) -> str:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.server
-    settings = state.settings
-    prompt, names, prefix = build_prompt(body, settings.reasoning_effort)
-    plan = await reply_plan.prepare(reply_plan.asked_by_chat(body, names, bool(prompt.tools)), state)
-    plan.add_format(prompt)
-    tokens, shared_head = harmony.render_with_boundary(
-        state.encoding, prompt, settings.model_identity, settings.knowledge_cutoff, prefix)
-    prefix_tokens = state.encoding.encode(prefix, allowed_special="all") if prefix else []
-    max_tokens = check_context(state, len(tokens), body.max_completion_tokens or body.max_tokens)
-    control = plan.control(state.encoding, prefix_tokens, max_tokens)
-    generation = state.engine.submit(tokens, max_tokens, sampling_params(body, settings), [shared_head],
-                                     processors=[control])
-    turn = plan.watch(run_turn(generation, state.encoding, body.stop_strings(), prefix_tokens))
+    spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
+    turn = await Turn.open(state, spec)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(turn, generation, meta, names, include_usage, plan, max_tokens),
+        return StreamingResponse(_stream(turn, meta, names, include_usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _complete(turn, generation, meta, names, request, plan, max_tokens)
+    events, end = await turn.collect(request)
+    turn.raise_for(end)
+    return {
+        **meta,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": _message(events, names), "finish_reason": end.finish_reason,
+                     "logprobs": None, **turn.fields()}],
+        "usage": _usage(end),
+        "system_fingerprint": None,
+    }
 
 
-async def _collect(turn, names) -> tuple[dict, TurnEnd]:
+def _message(events, names) -> dict:
     reasoning, content, calls = [], [], []
-    async for event in turn:
-        if isinstance(event, TurnEnd):
-            end = event
-        elif event.kind == "reasoning":
+    for event in events:
+        if event.kind == "reasoning":
             reasoning.append(event.text)
         elif event.kind == "content":
             content.append(event.text)
@@ -75,26 +70,10 @@ async def _collect(turn, names) -> tuple[dict, TurnEnd]:
         message["reasoning_content"] = message["reasoning"] = "".join(reasoning)
     if calls:
         message["tool_calls"] = calls
-    return message, end
+    return message
 
 
-async def _complete(turn, generation, meta: dict, names, request: Request, plan, max_tokens: int):
-    collected = await collect_unless_gone(_collect(turn, names), generation, request)
-    if isinstance(collected, JSONResponse):
-        return collected
-    message, end = collected
-    raise_for_end(end, plan, max_tokens)
-    return {
-        **meta,
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": end.finish_reason, "logprobs": None,
-                     **plan.fields()}],
-        "usage": _usage(end),
-        "system_fingerprint": None,
-    }
-
-
-async def _stream(turn, generation, meta: dict, names, include_usage: bool, plan, max_tokens: int):
+async def _stream(turn: Turn, meta: dict, names, include_usage: bool):
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
 
     def chunk(delta: dict, finish_reason=None, extra: dict | None = None) -> str:
@@ -104,7 +83,7 @@ async def _stream(turn, generation, meta: dict, names, include_usage: bool, plan
     yield chunk({"role": "assistant", "content": ""})
     call_index = -1
     try:
-        async for event in turn:
+        async for event in turn.events:
             if isinstance(event, TurnEnd):
                 end = event
             elif event.kind == "reasoning":
@@ -120,14 +99,12 @@ async def _stream(turn, generation, meta: dict, names, include_usage: bool, plan
             elif event.kind == "tool_arguments":
                 yield chunk({"tool_calls": [{"index": call_index, "function": {"arguments": event.text}}]})
     finally:
-        generation.cancel()  # when the client left: free its place in the batch now
-    problem = plan.problem(end, max_tokens)
-    if end.finish_reason == "error":
-        yield _sse(error_body(f"The generation failed: {end.error}", "server_error"))
-    elif problem is not None:  # structured output that can't be given: an error, never invalid JSON
+        turn.cancel()  # when the client left: free its place in the batch now
+    problem = turn.failure(end)
+    if problem is not None:  # a failed generation, or structured output that can't be given
         yield _sse(problem.body())
     else:
-        yield chunk({}, end.finish_reason, plan.fields())
+        yield chunk({}, end.finish_reason, turn.fields())
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(end)})
     yield "data: [DONE]\n\n"

@@ -1,4 +1,4 @@
-"""Responses input items -> a harmony Prompt.
+"""A Responses request -> the turn it asks for: input items -> a harmony Prompt, plus the turn's options.
 
 `instructions`, then developer and system messages, become the developer message's instructions;
 user messages, assistant messages, reasoning items, function calls and their outputs become harmony
@@ -19,14 +19,12 @@ import binascii
 from dataclasses import dataclass
 
 from server.api.responses.schema import ResponsesRequest
+from server.engine.sampling import SamplingParams
 from server.harmony import render as harmony
-from server.harmony.tools import (
-    ToolNames,
-    check_parameters,
-    describe,
-    forced_call_prefix,
-)
+from server.harmony.tools import ToolNames, check_parameters, describe
 from server.plumbing.errors import invalid_request
+from server.turn.pipeline import ANY_TOOL, TurnSpec
+from server.turn.plan import Asked, from_reasoning
 
 ENCRYPTED_MARKER = "swallow-reasoning-v1:"
 
@@ -63,7 +61,7 @@ class ToolSet:
     names: ToolNames  # client keys ("name" or "namespace.name") <-> names the model writes
     functions: dict[str, tuple[str | None, str]]  # client key -> (namespace, name)
     descriptions: list  # what the model is shown
-    prefix: str  # a forced start of the reply (tool_choice)
+    forced: str | None  # the tool the reply must call (tool_choice): None, ANY_TOOL or a model name
 
     def model_name(self, namespace: str | None, name: str) -> str:
         return self.names.model_name(tool_key(namespace, name))
@@ -94,18 +92,18 @@ def tool_setup(body: ResponsesRequest) -> ToolSet:
     if choice == "none" or not found:
         if choice not in ("none", "auto"):
             raise invalid_request("tool_choice needs function tools", param="tool_choice")
-        return ToolSet(names, functions, [], "")
+        return ToolSet(names, functions, [], None)
     descriptions = [describe(names.model_name(key), f.description, f.parameters)
                     for key, (_, f, _) in zip(keys, found)]
     if choice == "auto":
-        prefix = ""
+        forced = None
     elif choice == "required":
-        prefix = forced_call_prefix()
+        forced = ANY_TOOL
     else:
         if choice.name not in names.to_model:
             raise invalid_request(f"tool_choice names an unknown function {choice.name!r}", param="tool_choice")
-        prefix = forced_call_prefix(names.model_name(choice.name))
-    return ToolSet(names, functions, descriptions, prefix)
+        forced = names.model_name(choice.name)
+    return ToolSet(names, functions, descriptions, forced)
 
 
 def _call_follows(items: list, i: int) -> bool:
@@ -154,7 +152,32 @@ def conversation(items: list, tools: ToolSet, first_new: int = 0) -> tuple[list[
     return instructions, messages
 
 
-def build_prompt(body: ResponsesRequest, history: list, default_effort: str) -> tuple[harmony.Prompt, ToolSet]:
+def asked(body: ResponsesRequest, tools: ToolSet, tools_active: bool) -> Asked:
+    """What the request asks of its reply: reasoning controls, text format, strict tools."""
+    asked = from_reasoning(Asked(max_tokens_param="max_output_tokens"), body.reasoning)
+    fmt = body.text.format if body.text is not None else None
+    if fmt is not None and fmt.type != "text":
+        asked.format_type = fmt.type
+        asked.format_param = "text.format"
+        asked.format_name = fmt.name or "response"
+        asked.format_schema = fmt.schema_
+        asked.format_description = fmt.description
+    if tools_active:
+        for i, tool in enumerate(body.tools or []):
+            if tool.type == "function":
+                functions = [(None, tool, f"tools[{i}]")]
+            elif tool.type == "namespace":
+                functions = [(tool.name, f, f"tools[{i}].tools[{j}]") for j, f in enumerate(tool.tools)]
+            else:
+                continue
+            asked.strict_tools += [(tools.model_name(namespace, f.name), f.parameters, f"{path}.parameters")
+                                   for namespace, f, path in functions if f.strict]
+    return asked
+
+
+
+def turn_spec(body: ResponsesRequest, history: list, default_effort: str,
+              sampling: SamplingParams) -> tuple[TurnSpec, ToolSet]:
     """`history`: the items of the stored conversation (previous_response_id), already validated."""
     tools = tool_setup(body)
     items = list(history) + list(body.input or [])
@@ -166,4 +189,7 @@ def build_prompt(body: ResponsesRequest, history: list, default_effort: str) -> 
         tools=tools.descriptions,
         messages=messages,
     )
-    return prompt, tools
+    spec = TurnSpec(prompt, sampling, max_tokens=body.max_output_tokens,
+                    asked=asked(body, tools, bool(tools.descriptions)), forced_tool=tools.forced,
+                    input_param="input")
+    return spec, tools

@@ -1,9 +1,9 @@
 """POST /v1/responses (stream and non-stream), GET and DELETE /v1/responses/{id}.
 
-A thin layer over what chat completions use too: input items become a harmony Prompt
-(responses_prompt.py), prompt.render makes the tokens, the engine generates, run_turn parses,
-and OutputBuilder turns the turn's events into output items and stream events. Stored responses
-(responses_store.py) let a request continue with `previous_response_id`.
+A translation over the turn pipeline (server/turn/pipeline.py) that every API shares: input
+items become a harmony Prompt and the turn's options (prompt.py), and OutputBuilder (output.py)
+turns the turn's events into output items and stream events. Stored responses (store.py) let a
+request continue with `previous_response_id`.
 """
 
 import itertools
@@ -12,18 +12,17 @@ import logging
 import sqlite3
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
 from server.api.responses.output import OutputBuilder, ResponseShell, final_status
-from server.api.responses.prompt import build_prompt
+from server.api.responses.prompt import turn_spec
 from server.api.responses.schema import InputItem, ResponsesRequest
 from server.api.responses.store import ResponseStore
-from server.harmony import render as harmony
 from server.plumbing.errors import APIError
-from server.state import ServerState, check_context, sampling_params
-from server.turn import plan as reply_plan
-from server.turn.run import TurnEnd, collect_unless_gone, raise_for_end, run_turn
+from server.state import ServerState, sampling_params
+from server.turn.pipeline import Turn
+from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.responses")
 router = APIRouter()
@@ -52,29 +51,19 @@ async def create_response(body: ResponsesRequest, request: Request):
             raise APIError(400, f"Previous response with id {body.previous_response_id!r} not found.",
                            param="previous_response_id", code="previous_response_not_found")
         history = ITEMS.validate_python(stored)
-    prompt, tools = build_prompt(body, history, settings.reasoning_effort)
-    plan = await reply_plan.prepare(reply_plan.asked_by_responses(body, tools, bool(prompt.tools)), state)
-    plan.add_format(prompt)
-    tokens, shared_head = harmony.render_with_boundary(
-        state.encoding, prompt, settings.model_identity, settings.knowledge_cutoff, tools.prefix)
-    prefix_tokens = state.encoding.encode(tools.prefix, allowed_special="all") if tools.prefix else []
-    try:
-        max_tokens = check_context(state, len(tokens), body.max_output_tokens)
-    except APIError as e:
-        e.param = "input"
-        raise
-    sampling = sampling_params(body, settings)
-    shell = ResponseShell(body, state.model_id, prompt.effort, sampling)
+    spec, tools = turn_spec(body, history, settings.reasoning_effort, sampling_params(body, settings))
+    turn = await Turn.open(state, spec)
+    shell = ResponseShell(body, state.model_id, spec.prompt.effort, spec.sampling)
     builder = OutputBuilder(tools, body.wants_encrypted_reasoning())
     conversation = [item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]]
 
     def finished(end: TurnEnd) -> dict:
-        problem = plan.problem(end, max_tokens)  # structured output that can't be given
+        problem = turn.plan.problem(end, turn.max_tokens)  # structured output that can't be given
         status = "failed" if problem else final_status(end)
         error = {"code": "server_error", "message": f"The generation failed: {end.error}"} if status == "failed" else None
         if problem:
             error = {"code": problem.code, "message": problem.message}
-        response = {**shell.snapshot(status, builder.output, end, error), **plan.fields()}
+        response = {**shell.snapshot(status, builder.output, end, error), **turn.fields()}
         if body.store and status != "failed":
             try:
                 store.save(response, conversation + builder.output)
@@ -82,29 +71,15 @@ async def create_response(body: ResponsesRequest, request: Request):
                 log.exception("could not store response %s", response["id"])
         return response
 
-    control = plan.control(state.encoding, prefix_tokens, max_tokens)
-    generation = state.engine.submit(tokens, max_tokens, sampling, [shared_head], processors=[control])
-    turn = plan.watch(run_turn(generation, state.encoding, [], prefix_tokens))
     if body.stream:
-        return StreamingResponse(_stream(turn, generation, shell, builder, finished, len(tokens)),
+        return StreamingResponse(_stream(turn, shell, builder, finished),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return await _complete(turn, generation, builder, finished, request, plan, max_tokens)
-
-
-async def _collect(turn, builder: OutputBuilder) -> TurnEnd:
-    async for event in turn:
-        if isinstance(event, TurnEnd):
-            builder.finish(event)
-            return event
+    events, end = await turn.collect(request)
+    for event in events:
         builder.feed(event)
-
-
-async def _complete(turn, generation, builder: OutputBuilder, finished, request: Request, plan, max_tokens: int):
-    end = await collect_unless_gone(_collect(turn, builder), generation, request)
-    if isinstance(end, JSONResponse):
-        return end
-    raise_for_end(end, plan, max_tokens)
+    builder.finish(end)
+    turn.raise_for(end)
     return finished(end)
 
 
@@ -113,13 +88,13 @@ def _sse(event: dict, counter) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _stream(turn, generation, shell: ResponseShell, builder: OutputBuilder, finished, prompt_tokens: int):
+async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, finished):
     counter = itertools.count()
     yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
     yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
     end = None
     try:
-        async for event in turn:
+        async for event in turn.events:
             if isinstance(event, TurnEnd):
                 end = event
             else:
@@ -127,11 +102,11 @@ async def _stream(turn, generation, shell: ResponseShell, builder: OutputBuilder
                     yield _sse(out, counter)
     except Exception as e:  # never a broken stream: the client gets response.failed
         log.exception("the turn failed")
-        end = TurnEnd("error", prompt_tokens, 0, 0, error=str(e))
+        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error=str(e))
     finally:
-        generation.cancel()  # when the client left: free its place in the batch now
+        turn.cancel()  # when the client left: free its place in the batch now
     if end is None:
-        end = TurnEnd("error", prompt_tokens, 0, 0, error="the generation ended without a result")
+        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error="the generation ended without a result")
     for out in builder.finish(end):
         yield _sse(out, counter)
     response = finished(end)

@@ -1,0 +1,110 @@
+"""A turn's events -> Messages content blocks, and the stream events that build them.
+
+One builder serves both modes (a stream sends what `feed` returns; a non-streamed reply keeps
+only the blocks). Consecutive events of one kind make one block, in the order generated:
+reasoning -> `thinking` (its `signature` sent last, as Anthropic does), content -> `text`, a tool
+call -> `tool_use` with its arguments streamed as `input_json_delta` fragments.
+"""
+
+import hashlib
+import json
+import logging
+import uuid
+
+from server.harmony.parse import Event
+from server.harmony.tools import ToolNames
+from server.turn.run import TurnEnd
+
+log = logging.getLogger("swallow.messages")
+
+KINDS = {"reasoning": "thinking", "content": "text", "tool_call": "tool_use", "tool_arguments": "tool_use"}
+DELTAS = {"thinking": ("thinking_delta", "thinking"), "text": ("text_delta", "text"),
+          "tool_use": ("input_json_delta", "partial_json")}
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def signature(thinking: str) -> str:
+    """An opaque mark for a thinking block. The text comes back with it and is read as it is:
+    this server keeps no secret to verify, and has nothing to hide from a local client."""
+    return "swallow-" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
+
+
+def stop_reason(end: TurnEnd) -> str:
+    return "stop_sequence" if end.stop_string is not None else STOP_REASONS.get(end.finish_reason, "end_turn")
+
+
+def usage(end: TurnEnd | None, prompt_tokens: int) -> dict:
+    """Anthropic counts cache reads apart from `input_tokens` (the prompt is their sum)."""
+    cached = end.cached_tokens if end else 0
+    return {"input_tokens": (end.prompt_tokens if end else prompt_tokens) - cached,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+            "output_tokens": end.completion_tokens if end else 0}
+
+
+class ContentBuilder:
+    def __init__(self, names: ToolNames):
+        self.names = names
+        self.blocks: list[dict] = []  # finished blocks
+        self._block: dict | None = None  # the block being generated
+        self._text: list[str] = []
+
+    def feed(self, event: Event) -> list[dict]:
+        kind = KINDS.get(event.kind)
+        if kind is None:
+            return []
+        events = []
+        if event.kind == "tool_call" or self._block is None or self._block["type"] != kind:
+            if event.kind == "tool_arguments":
+                return []  # arguments of no call: the parser never sends them
+            events += self._close()
+            events += self._open(kind, event.text)
+            if event.kind == "tool_call":
+                return events
+        if event.text:
+            self._text.append(event.text)
+            delta_type, field = DELTAS[kind]
+            events.append({"type": "content_block_delta", "index": len(self.blocks),
+                           "delta": {"type": delta_type, field: event.text}})
+        return events
+
+    def finish(self) -> list[dict]:
+        return self._close()
+
+    def _open(self, kind: str, text: str) -> list[dict]:
+        self._text = []
+        if kind == "thinking":
+            self._block = {"type": "thinking", "thinking": "", "signature": ""}
+        elif kind == "text":
+            self._block = {"type": "text", "text": ""}
+        else:
+            self._block = {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                           "name": self.names.client_name(text), "input": {}}
+        return [{"type": "content_block_start", "index": len(self.blocks), "content_block": dict(self._block)}]
+
+    def _close(self) -> list[dict]:
+        if self._block is None:
+            return []
+        block, text, index = self._block, "".join(self._text), len(self.blocks)
+        events = []
+        if block["type"] == "thinking":
+            block["thinking"], block["signature"] = text, signature(text)
+            events.append({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "signature_delta", "signature": block["signature"]}})
+        elif block["type"] == "text":
+            block["text"] = text
+        else:
+            block["input"] = _arguments(text)
+        events.append({"type": "content_block_stop", "index": index})
+        self.blocks.append(block)
+        self._block, self._text = None, []
+        return events
+
+
+def _arguments(text: str) -> dict:
+    """A call's arguments as the object `input` must be; {} when the model wrote no object."""
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except ValueError:
+        log.warning("a tool call's arguments are not JSON: %.200r", text)
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,91 @@
+"""POST /v1/messages (Anthropic's Messages API, stream and non-stream) and POST /v1/messages/count_tokens.
+
+A translation over the turn pipeline every API shares: the request becomes a harmony Prompt and
+the turn's options (prompt.py); the turn's events become content blocks and stream events
+(output.py). Errors on these paths are Anthropic's shape (errors.py, registered by the app).
+Claude Code sends `?beta=true` and `anthropic-beta` headers: both are accepted and ignored.
+"""
+
+import json
+import logging
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from server.api.messages.errors import error_event
+from server.api.messages.output import ContentBuilder, stop_reason, usage
+from server.api.messages.prompt import turn_spec
+from server.api.messages.schema import CountTokensRequest, MessagesRequest
+from server.state import ServerState, sampling_params
+from server.turn.pipeline import Turn, render, with_heartbeat
+from server.turn.run import TurnEnd
+
+log = logging.getLogger("swallow.messages")
+router = APIRouter()
+PING_SECONDS = 5.0  # a ping while nothing else is sent (a long prompt being read)
+
+
+def _sse(event: dict) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+@router.post("/v1/messages")
+async def create_message(body: MessagesRequest, request: Request):
+    state: ServerState = request.app.state.server
+    spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
+    turn = await Turn.open(state, spec)
+    message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+               "model": state.model_id}
+    builder = ContentBuilder(names)
+    if body.stream:
+        return StreamingResponse(_stream(turn, message, builder), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    events, end = await turn.collect(request)
+    turn.raise_for(end)
+    for event in events:
+        builder.feed(event)
+    builder.finish()
+    return {**message, "content": builder.blocks, "stop_reason": stop_reason(end),
+            "stop_sequence": end.stop_string, "usage": usage(end, turn.prompt_tokens), **turn.fields()}
+
+
+async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+             "usage": usage(None, turn.prompt_tokens)}
+    yield _sse({"type": "message_start", "message": start})
+    yield _sse({"type": "ping"})
+    end = None
+    try:
+        async for event in with_heartbeat(turn.events, PING_SECONDS):
+            if event is None:
+                yield _sse({"type": "ping"})
+            elif isinstance(event, TurnEnd):
+                end = event
+            else:
+                for out in builder.feed(event):
+                    yield _sse(out)
+    except Exception as e:  # never a broken stream: the client gets an error event
+        log.exception("the turn failed")
+        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error=str(e))
+    finally:
+        turn.cancel()  # when the client left: free its place in the batch now
+    if end is None:
+        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error="the generation ended without a result")
+    problem = turn.failure(end)
+    if problem is not None:  # a failed generation, or structured output that can't be given
+        yield _sse(error_event(problem.status, problem.message))
+        return
+    for out in builder.finish():
+        yield _sse(out)
+    yield _sse({"type": "message_delta", "delta": {"stop_reason": stop_reason(end), "stop_sequence": end.stop_string},
+                "usage": usage(end, turn.prompt_tokens), **turn.fields()})
+    yield _sse({"type": "message_stop"})
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, request: Request):
+    """The prompt's tokens exactly as /v1/messages would render it."""
+    state: ServerState = request.app.state.server
+    spec, _ = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
+    return {"input_tokens": len(render(state, spec).tokens)}

@@ -1,0 +1,175 @@
+"""The request contract of POST /v1/messages (Anthropic's Messages API, what a local server can honour).
+
+Content is a string or blocks: `text`, `tool_use`, `tool_result`, `thinking` (with its signature)
+and `redacted_thinking`; `image` and `document` (and any other type) are 400s that name the type.
+`cache_control` is accepted anywhere (the prompt cache is automatic). Unknown top-level fields
+(`metadata`, `context_management`, `service_tier`, ...) are ignored, as Claude Code sends several.
+"""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+# Efforts Anthropic's API accepts, mapped onto harmony's three levels (as Responses maps OpenAI's).
+EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high",
+           "max": "high"}
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    cache_control: Any = None
+
+
+class TextBlock(_Block):
+    type: Literal["text"]
+    text: str
+
+
+class ThinkingBlock(_Block):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(_Block):
+    type: Literal["redacted_thinking"]
+    data: str = ""
+
+
+class ToolUseBlock(_Block):
+    type: Literal["tool_use"]
+    id: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class OtherBlock(BaseModel):
+    """Images, documents, search results: refused with a clear message."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @model_validator(mode="after")
+    def _refuse(self):
+        raise ValueError(f"content blocks of type {self.type!r} are not supported; this model reads text only")
+
+
+def _kind(known: tuple):
+    def kind(value: Any) -> str:
+        found = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return found if found in known else "other"
+
+    return kind
+
+
+ResultPart = Annotated[Annotated[TextBlock, Tag("text")] | Annotated[OtherBlock, Tag("other")],
+                       Discriminator(_kind(("text",)))]
+
+
+class ToolResultBlock(_Block):
+    type: Literal["tool_result"]
+    tool_use_id: Annotated[str, Field(min_length=1)]
+    content: str | list[ResultPart] | None = None
+    is_error: bool | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            body = self.content
+        else:
+            body = "\n".join(part.text for part in self.content or [])
+        return f"Error: {body}" if self.is_error else body
+
+
+BLOCK_TYPES = ("text", "thinking", "redacted_thinking", "tool_use", "tool_result")
+Block = Annotated[
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ThinkingBlock, Tag("thinking")]
+    | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
+    | Annotated[ToolUseBlock, Tag("tool_use")]
+    | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[OtherBlock, Tag("other")],
+    Discriminator(_kind(BLOCK_TYPES)),
+]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["user", "assistant", "system"]  # "system" mid-list: Claude Code sends it
+    content: str | list[Block]
+
+    def blocks(self) -> list:
+        return [TextBlock(type="text", text=self.content)] if isinstance(self.content, str) else self.content
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str | None = None
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    type: str | None = None  # "custom" or absent; server tools (web_search_...) are refused below
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type not in (None, "custom"):
+            raise ValueError(f"tools of type {self.type!r} are not supported; give client tools "
+                             "(name, description, input_schema)")
+        return self
+
+
+class ToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None  # harmony writes one call per turn anyway
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type == "tool" and not self.name:
+            raise ValueError("tool_choice of type 'tool' needs the tool's name")
+        return self
+
+
+class Thinking(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
+class OutputFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    effort: Effort | None = None
+    format: OutputFormat | None = None
+
+
+class MessagesRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: Annotated[int, Field(ge=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    stream: bool = False
+    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    metadata: dict[str, Any] | None = None
+
+    def effort(self, default: str) -> str:
+        chosen = self.output_config.effort if self.output_config else None
+        return EFFORTS[chosen] if chosen else default
+
+
+class CountTokensRequest(MessagesRequest):
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # count_tokens takes none
