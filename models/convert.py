@@ -179,9 +179,14 @@ def convert(hf_path: str, mlx_path: str, quantize: bool = False,
     """Convert; returns the bits per weight of the written model."""
     import mlx.core as mx
     from mlx.utils import tree_map_with_path
-    from mlx_lm.utils import (compute_bits_per_weight, dequantize_model,
-                              load_config, load_model, quantize_model,
-                              save_config)
+    from mlx_lm.utils import (
+        compute_bits_per_weight,
+        dequantize_model,
+        load_config,
+        load_model,
+        quantize_model,
+        save_config,
+    )
 
     from models import hf_layout
 

@@ -21,8 +21,8 @@ This file must stay self-contained: mlx-lm loads it by path, outside any package
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-import numpy as np
 import mlx.nn as nn
+import numpy as np
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 

@@ -8,6 +8,7 @@ Two directions, both without network access:
 """
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -257,6 +258,23 @@ def tiktoken_from_tokenizer_json(model_dir: Path) -> bytes:
     if hashlib.sha256(out).hexdigest() != O200K_BASE_SHA256:
         raise _not_o200k(model_dir, "its tokenizer.json holds a different vocabulary than o200k_harmony")
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _vocabulary_from(tiktoken_file: str):
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(tiktoken_file, expected_hash=O200K_BASE_SHA256)
+    return tiktoken.Encoding("o200k_harmony_bytes", pat_str=O200K_PATTERN, mergeable_ranks=ranks, special_tokens={})
+
+
+def token_vocabulary():
+    """A tiktoken Encoding over the o200k_base.tiktoken that openai-harmony loaded (the one
+    rebuilt from the served model's tokenizer.json by load_harmony_encoding_offline): the exact
+    bytes of each ordinary token, for decoding text that left the harmony format."""
+    base = os.environ.get("TIKTOKEN_ENCODINGS_BASE") or str(_tiktoken_dir())
+    return _vocabulary_from(str(Path(base) / "o200k_base.tiktoken"))
 
 
 def load_harmony_encoding_offline(model_dir: Path):

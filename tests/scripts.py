@@ -131,3 +131,8 @@ SCRIPTS["Strict weather call"] = (
     "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
     "<|message|>{\"city\": \"Sapporo\", \"unit\": \"kelvin\"}<|call|>"
 )
+
+# ---- harmony edges (tests/test_harmony_edges.py) ----
+# a reply that never writes a header: it must stream from its first token, not after 48
+NO_HEADER_WORDS = "".join(f" 言葉{i}" for i in range(40))
+SCRIPTS["Long reply without a header"] = NO_HEADER_WORDS.lstrip() + "<|return|>"

@@ -8,15 +8,20 @@ by the message's channel and recipient:
     recipient functions.NAME (any channel)       -> a tool call's arguments
 
 Replies that break the format are never lost: when the parser fails, or a header runs on
-without ever reaching <|message|>, the rest of the reply is decoded as plain content (no
-harmony markup), and a message that ended inside its header is delivered as content too.
+without ever reaching <|message|>, the rest of the reply is decoded as plain content, and a
+message that ended inside its header is delivered as content too. No harmony markup reaches
+the client: the tokens of a real header (one with special tokens) are dropped, not decoded.
+Tokens are held back only while they can still be a header: a reply whose first text can't
+begin one (" to=" is the one header that starts with plain text) streams from its first token.
+
+Text outside the format is decoded with the vocabulary of the served model (models/vocab.py:
+a tiktoken Encoding over the o200k_base.tiktoken rebuilt from its tokenizer.json).
 """
 
 import codecs
 import logging
 from dataclasses import dataclass
 
-import toktok
 from openai_harmony import (
     HarmonyEncoding,
     HarmonyError,
@@ -25,11 +30,13 @@ from openai_harmony import (
     StreamState,
 )
 
+from models.vocab import token_vocabulary
+
 log = logging.getLogger("swallow.reply")
 
 FIRST_SPECIAL_TOKEN = 199998
 MAX_HEADER_TOKENS = 48  # a real header is a handful of tokens; past this it is not one
-_vocabulary = toktok._encoding("o200k_harmony")
+PLAIN_HEADER_START = b" to="  # a recipient before the channel: the only header without a special first
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Event:
 class ReplyParser:
     def __init__(self, encoding: HarmonyEncoding):
         self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
+        self._vocabulary = token_vocabulary()
         self._raw = None  # an incremental UTF-8 decoder once the reply left the format
         self._header: list[int] = []  # tokens of the header being read
         self._messages_seen = 0
@@ -64,7 +72,7 @@ class ReplyParser:
         channel = self._parser.current_channel
         if state == StreamState.HEADER:
             self._header.append(token)
-            if len(self._header) > MAX_HEADER_TOKENS:
+            if len(self._header) > MAX_HEADER_TOKENS or not self._may_be_header():
                 return self._leave_format([])
         else:
             self._header = []
@@ -132,14 +140,27 @@ class ReplyParser:
 
     # ---- outside the format ----------------------------------------------------------
 
+    def _real_header(self) -> bool:
+        return any(t >= FIRST_SPECIAL_TOKEN for t in self._header)
+
+    def _may_be_header(self) -> bool:
+        """Whether the tokens held so far can still turn out to be a header."""
+        if self._real_header():
+            return True
+        text = self._bytes(self._header)
+        return text.startswith(PLAIN_HEADER_START) or PLAIN_HEADER_START.startswith(text)
+
     def _leave_format(self, tokens: list[int]) -> list[Event]:
-        held, self._header = self._header, []
+        """From here on the reply is plain text. A real header that was being read is markup,
+        not text for the client: its tokens are dropped, and so are the ones that broke it."""
+        real, held, self._header = self._real_header(), self._header, []
         self._raw = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return self._decode_raw(held + tokens)
+        return self._decode_raw([] if real else held + tokens)
+
+    def _bytes(self, tokens: list[int]) -> bytes:
+        return b"".join(self._vocabulary.decode_single_token_bytes(t) for t in tokens if t < FIRST_SPECIAL_TOKEN)
 
     def _decode_raw(self, tokens: list[int], final: bool = False) -> list[Event]:
-        data = b"".join(
-            _vocabulary.decode_single_token_bytes(t) for t in tokens if t < FIRST_SPECIAL_TOKEN
-        )
+        data = self._bytes(tokens)
         text = self._raw.decode(data, final=final)
         return [Event("content", text)] if text else []
