@@ -1,7 +1,7 @@
 """The requests of a benchmark run, the same token for token on every system.
 
 swallow-server gets chat messages and renders them with harmony itself; raw mlx-lm gets the
-token ids that rendering gives (server/prompt.py, with the server's own identity, cutoff and
+token ids that rendering gives (server/harmony/render.py, with the server's own identity, cutoff and
 effort settings); mlx_lm.server gets their text on /v1/completions (the GPT-OSS tokenizer has no
 chat template for its chat endpoint, and its completions endpoint re-tokenizes the text to the
 same ids: harmony's special tokens are added tokens). Prompt lengths are checked against the

@@ -58,7 +58,7 @@ class Settings(BaseModel):
     reasoning_effort: Literal["low", "medium", "high"] = "medium"
     max_tokens: int = Field(4096, ge=1)
 
-    # [reasoning]: reasoning budget and loop guard (server/reasoning_control.py)
+    # [reasoning]: reasoning budget and loop guard (server/engine/reasoning_control.py)
     reasoning_max_tokens: int = Field(0, ge=0)  # analysis tokens before the answer is opened; 0: no limit
     loop_guard: bool = True  # end an analysis that repeats itself and open the answer
     loop_max_period: int = Field(128, ge=1, le=4096)  # longest repeating unit looked for, in tokens

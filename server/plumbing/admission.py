@@ -3,7 +3,7 @@
 A generating request (chat completions, responses) holds a slot from admission until its
 response has been sent or its client has left. Past `max_concurrency` slots, requests wait in a
 first-come queue of `max_queue` places; past both, the answer is an immediate 429. This sits at
-the HTTP layer (server/middleware.py), before the endpoint runs and so before engine.submit: the
+the HTTP layer (server/plumbing/middleware.py), before the endpoint runs and so before engine.submit: the
 engine's batch size is a separate matter. The slot is given back in a `finally` around the whole
 ASGI call, so it comes back however the request ends: finished, failed, client gone before the
 first byte, or cancelled at shutdown.

@@ -1,7 +1,7 @@
 """Prometheus metrics at GET /metrics (prometheus-client, its text format).
 
 - swallow_http_requests_total{endpoint,method,status} and swallow_http_request_duration_seconds
-  (counted by the request log in server/middleware.py; `endpoint` is the route's path template)
+  (counted by the request log in server/plumbing/middleware.py; `endpoint` is the route's path template)
 - swallow_prompt_tokens_total, swallow_completion_tokens_total: tokens in and out
 - swallow_time_to_first_token_seconds: from the request's arrival (queueing included) to its
   first generated token; swallow_time_per_output_token_seconds: between consecutive tokens
@@ -18,7 +18,7 @@
   delivered as text (no client can act on them)
 - process_* (memory, CPU, open files) and python_gc_*
 
-One registry per process (one server per process). run_turn (server/turn.py) reports through
+One registry per process (one server per process). run_turn (server/turn/run.py) reports through
 a TurnWatch, so every API that generates is counted the same way.
 """
 

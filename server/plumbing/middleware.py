@@ -9,7 +9,7 @@
 3. ApiKey (only with an api_key): /v1/* wants `Authorization: Bearer <key>` or `x-api-key`, else 401.
 4. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string or JSON nested
    more than MAX_DEPTH levels gets 400; generating endpoints go through admission
-   (server/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
+   (server/plumbing/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
 
 All are plain ASGI middleware: no BaseHTTPMiddleware, so streams pass through unbuffered and
 a client's disconnect reaches the endpoint.

@@ -85,7 +85,7 @@ class StreamOptions(BaseModel):
 
 class ReasoningOptions(BaseModel):
     """OpenRouter's form: effort, max_tokens (the reasoning budget), exclude, enabled; plus this
-    server's loop_guard switch (see server/reply_plan.py)."""
+    server's loop_guard switch (see server/turn/plan.py)."""
 
     model_config = ConfigDict(extra="ignore")
     effort: Effort | None = None

@@ -2,7 +2,7 @@
 
 `instructions`, then developer and system messages, become the developer message's instructions;
 user messages, assistant messages, reasoning items, function calls and their outputs become harmony
-messages in order. Which old reasoning is shown again is decided in prompt.py (harmony's rule,
+messages in order. Which old reasoning is shown again is decided in harmony/render.py (harmony's rule,
 the same for every API): kept while a turn goes through tool calls, dropped after a final answer.
 
 Function tools and namespaces of them are all shown to the model as `functions.NAME`: a

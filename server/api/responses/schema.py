@@ -203,7 +203,7 @@ class ReasoningOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     effort: Effort | None = None
     summary: str | None = None  # accepted; the model's reasoning comes as reasoning_text, not summaries
-    # OpenRouter's reasoning budget and exclude, and this server's loop guard switch (server/reply_plan.py)
+    # OpenRouter's reasoning budget and exclude, and this server's loop guard switch (server/turn/plan.py)
     max_tokens: Annotated[int, Field(ge=0)] | None = None
     exclude: bool | None = None
     enabled: bool | None = None
