@@ -12,6 +12,7 @@ from server.engine import Engine
 from server.errors import APIError, document_errors, install_error_handlers
 from server.responses_store import open_store
 from server.state import ServerState
+from server.web.routes import router as web_router
 
 
 def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastAPI:
@@ -34,6 +35,7 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     app.include_router(metrics.router)
     app.include_router(chat.router)
     app.include_router(responses.router)
+    app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)
     started = int(time.time())
 
