@@ -315,10 +315,10 @@ def test_with_an_api_key_the_page_asks_for_it_once(browser, start_server, web_mo
 
 def test_screenshot_of_a_japanese_conversation(page, tmp_path):
     page.send(JAPANESE_QUESTION)
-    reply = page.wait_for_reply()
-    reply.find_element("css selector", ".thinking summary").click()  # show the reasoning
+    first = page.wait_for_reply()
     page.send(CODE_QUESTION)
     page.wait_for_reply()
+    first.find_element("css selector", ".thinking summary").click()  # show the first reasoning
     page.js("document.activeElement.blur()")
     time.sleep(1.2)  # one more status poll
     path = Path(os.environ.get("SWALLOW_SCREENSHOT_DIR") or tmp_path) / "chat-page.png"

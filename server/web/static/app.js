@@ -218,6 +218,8 @@ function askForKey() {
       const key = $("key-input").value.trim();
       if (key) store.set("apiKey", key);
       $("forget-key").hidden = !store.get("apiKey", "");
+      $("input").blur();  // focus comes back to the message box, for typing
+      $("input").focus();
       resolve(!!key);
     }, { once: true });
     if (!dialog.open) dialog.showModal();
@@ -253,6 +255,7 @@ async function generate() {
   conversation.updated = Date.now();
   const element = messageElement(message);
   $("messages").append(element);
+  $("messages").scrollTop = $("messages").scrollHeight;
   const controller = new AbortController();
   generating = { controller, conversation, message, element };
   updateButtons();
@@ -352,7 +355,7 @@ function send() {
   $("input").value = "";
   save();
   renderConversations();
-  renderMessages();
+  $("messages").append(messageElement(current.messages[current.messages.length - 1]));  // the others stay as they are
   generate();
 }
 
@@ -437,13 +440,16 @@ async function pollStatus() {
 }
 
 function drawChart(points) {
-  const now = Date.now() / 1000, span = 300;
+  const now = Date.now() / 1000;
+  const span = Math.min(300, Math.max(60, points.length ? now - points[0].t : 0));  // seconds across
   const max = Math.max(1, ...points.map((p) => p.tokens_per_second));
-  const xy = points.map((p) => `${(240 * (1 - (now - p.t) / span)).toFixed(1)},${(78 - 74 * p.tokens_per_second / max).toFixed(1)}`);
-  $("tps-line").setAttribute("points", xy.join(" "));
+  const xy = points.map((p) => [240 * (1 - (now - p.t) / span), 78 - 74 * p.tokens_per_second / max]);
+  const line = xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
+  $("tps-line").setAttribute("points", line);
+  $("tps-area").setAttribute("points", xy.length ? `${xy[0][0].toFixed(1)},80 ${line} ${xy[xy.length - 1][0].toFixed(1)},80` : "");
   const last = points.length ? points[points.length - 1].tokens_per_second : 0;
   $("status-tps").textContent = `${last.toFixed(1)} now`;
-  $("tps-max").textContent = `max ${max.toFixed(1)}`;
+  $("tps-max").textContent = `max ${max.toFixed(1)} · last ${Math.round(span / 60)} min`;
 }
 
 // ---- start ---------------------------------------------------------------------------------
