@@ -70,6 +70,22 @@ def test_status_json_has_what_the_panel_shows(server):
     assert isinstance(status["tokens_per_second"], list)
 
 
+def test_status_json_counts_tokens_and_prompt_cache_hits(server):
+    before = httpx.get(server.url + "/status.json").json()
+    conversation = [{"role": "user", "content": "What is 2+2?"}]
+    first = server.client().chat.completions.create(model="scripted", messages=conversation)
+    conversation += [{"role": "assistant", "content": first.choices[0].message.content},
+                     {"role": "user", "content": "What is 2+2?"}]
+    server.client().chat.completions.create(model="scripted", messages=conversation)  # from the cache
+    time.sleep(1.1)
+    after = httpx.get(server.url + "/status.json").json()
+    assert after["tokens"]["completion"] - before["tokens"]["completion"] == 2 * first.usage.completion_tokens
+    cache = after["prompt_cache"]
+    assert cache["hits"] > before["prompt_cache"]["hits"] and cache["entries"] > 0
+    assert 0 < cache["hit_rate"] <= 1 and 0 < cache["token_hit_rate"] <= 1
+    assert any(p["tokens_per_second"] > 0 for p in after["tokens_per_second"])
+
+
 def test_with_an_api_key_the_page_and_status_stay_open(start_server, web_model):
     locked = start_server(["--model", str(web_model), "--trust-remote-code", "--api-key", KEY])
     assert httpx.get(locked.url + "/").status_code == 200

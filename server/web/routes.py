@@ -27,6 +27,7 @@ from server import metrics
 
 STATIC = Path(__file__).resolve().parent / "static"
 HISTORY_SECONDS = 300
+GENERATING = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml",
          ".md": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}
@@ -60,7 +61,8 @@ def status(request: Request) -> dict:
     engine = state.engine
     completion = _total("swallow_completion_tokens")
     prompt = _total("swallow_prompt_tokens")
-    turns = _total("swallow_turns")
+    # turns that ended, or (more, when some were stopped before they ended) generating requests answered
+    turns = max(_total("swallow_turns"), _total("swallow_http_requests", _generating))
     hits = _total("swallow_prompt_cache_hits")
     reused = _total("swallow_prompt_cache_reused_tokens")
     history = _history(request.app, completion)
@@ -82,7 +84,7 @@ def status(request: Request) -> dict:
             **engine.cache_stats(),
             "hits": int(hits),
             "turns": int(turns),
-            "hit_rate": hits / turns if turns else None,
+            "hit_rate": min(1.0, hits / turns) if turns else None,
             "reused_tokens": int(reused),
             "token_hit_rate": reused / prompt if prompt else None,
         },
@@ -91,13 +93,18 @@ def status(request: Request) -> dict:
     }
 
 
-def _total(name: str) -> float:
-    """A counter's value over all its labels, from the server's registry (what /metrics shows)."""
+def _total(name: str, where=lambda labels: True) -> float:
+    """A counter's value summed over its labels (those `where` accepts), from the server's registry:
+    the numbers /metrics shows."""
     total = 0.0
     for family in metrics.REGISTRY.collect():
         if family.name == name:
-            total += sum(s.value for s in family.samples if s.name == name + "_total")
+            total += sum(s.value for s in family.samples if s.name == name + "_total" and where(s.labels))
     return total
+
+
+def _generating(labels: dict) -> bool:
+    return labels.get("endpoint") in GENERATING and labels.get("status", "").startswith("2")
 
 
 def _history(app, completion: float) -> list[dict]:
