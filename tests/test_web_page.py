@@ -11,6 +11,7 @@ test's tmp dir: docs/chat-page.png in the README is one of those.
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,8 @@ WEB_SCRIPTS = {
                    "and `<b>code</b>`."),
     # a Japanese conversation with reasoning and a code block (the README's screenshot)
     JAPANESE_QUESTION: thought(JAPANESE_REASONING, JAPANESE_ANSWER),
-    CODE_QUESTION: thought("Pythonで挨拶を表示する短い例を示せばよい。", "はい、どうぞ：\n\n```python\nprint('こんにちは')\n```\n"),
+    CODE_QUESTION: thought("Pythonで挨拶を表示する短い例を示せばよい。",
+                           "はい、どうぞ：\n\n```python\nprint('こんにちは')\n```\n"),
 }
 KEY = "page-test-key"
 
@@ -98,16 +100,19 @@ def test_with_an_api_key_the_page_and_status_stay_open(start_server, web_model):
 
 # ---- in the browser --------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# SWALLOW_CHROMIUM / SWALLOW_CHROMEDRIVER point at another Chromium (e.g. Chrome on a Mac) and its driver
+CHROMIUM = os.environ.get("SWALLOW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = os.environ.get("SWALLOW_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
-        pytest.skip(f"BROWSER TESTS SKIPPED: {', '.join(missing)} not found; install Debian's "
-                    "`chromium` and `chromium-driver` (apt-get install -y chromium chromium-driver)")
+        reason = (f"BROWSER TESTS SKIPPED: {', '.join(missing)} not found; install Debian's "
+                  "`chromium` and `chromium-driver` (apt-get install -y chromium chromium-driver)")
+        warnings.warn(reason)  # in the warnings summary too, not only in the skip list
+        pytest.skip(reason)
     try:
         from selenium import webdriver
     except ImportError:
@@ -165,7 +170,8 @@ class Page:
     def wait_for_reply(self, timeout: float = 30):
         """The last assistant message, once its stream has ended."""
         self.wait(lambda: self.js("const m = [...document.querySelectorAll('.message.assistant')].pop();"
-                                  "return !!m && !m.classList.contains('streaming') && m.querySelector('.stats').children.length > 0"),
+                                  "return !!m && !m.classList.contains('streaming')"
+                                  " && m.querySelector('.stats').children.length > 0"),
                   timeout, "the reply to end")
         return self.all(".message.assistant")[-1]
 
@@ -180,6 +186,16 @@ class Page:
 @pytest.fixture
 def page(browser, server):
     return Page(browser, server.url)
+
+
+def test_the_page_is_light_and_quick(page):
+    timing = page.js("""const n = performance.getEntriesByType('navigation')[0];
+        return {load: n.loadEventEnd - n.startTime,
+                bytes: performance.getEntriesByType('resource').reduce((sum, r) => sum + r.decodedBodySize,
+                                                                       n.decodedBodySize)};""")
+    assert timing["load"] < 1000, timing
+    assert timing["bytes"] < 200_000, timing
+    assert page.el("#status-model").text == "scripted"  # it fetched /status.json
 
 
 def record_states(page: Page) -> None:
@@ -242,8 +258,9 @@ def test_enter_while_an_ime_composition_is_active_never_sends(page):
     # Chrome) keyCode 229 once the composition has just ended
     sent = page.js("""
         const input = document.getElementById('input');
-        const events = [new KeyboardEvent('keydown', {key: 'Enter', code: 'Enter', isComposing: true, bubbles: true, cancelable: true}),
-                        new KeyboardEvent('keydown', {key: 'Enter', code: 'Enter', keyCode: 229, bubbles: true, cancelable: true})];
+        const enter = {key: 'Enter', code: 'Enter', bubbles: true, cancelable: true};
+        const events = [new KeyboardEvent('keydown', {...enter, isComposing: true}),
+                        new KeyboardEvent('keydown', {...enter, keyCode: 229})];
         return events.map((e) => [e.isComposing, e.keyCode, input.dispatchEvent(e)]);""")
     assert sent == [[True, 0, True], [False, 229, True]]  # delivered, and not cancelled by the page
     time.sleep(0.3)
