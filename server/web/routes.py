@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections import deque
+from itertools import pairwise
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
@@ -116,9 +117,8 @@ def _history(app, completion: float) -> list[dict]:
         samples.append((now, completion))
     while samples and now - samples[0][0] > HISTORY_SECONDS:
         samples.popleft()
-    points = list(samples)
     return [{"t": round(b[0], 3), "tokens_per_second": round((b[1] - a[1]) / (b[0] - a[0]), 2)}
-            for a, b in zip(points, points[1:])]
+            for a, b in pairwise(samples)]
 
 
 def _memory(app, engine) -> dict:
@@ -128,8 +128,8 @@ def _memory(app, engine) -> dict:
 
         memory.update(mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
                       mlx_cache_bytes=mx.get_cache_memory())
-    except Exception:  # an mlx without these counters
-        pass
+    except (ImportError, AttributeError):  # an mlx without these counters
+        return memory
     return memory
 
 
@@ -140,7 +140,7 @@ def _weights_bytes(app, engine) -> int | None:
             from mlx.utils import tree_flatten
 
             known = sum(v.nbytes for _, v in tree_flatten(engine.loaded.model.parameters()))
-        except Exception:
+        except (ImportError, AttributeError, TypeError):  # a model without mlx parameters
             known = None
         app.state.web_weights_bytes = known
     return known
@@ -157,6 +157,6 @@ def _rss() -> int | None:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    except Exception:
+    except ImportError:  # no resource module (Windows)
         return None
+    return peak if sys.platform == "darwin" else peak * 1024
