@@ -21,6 +21,7 @@ from server.plumbing.errors import (
     register_shape,
 )
 from server.state import ServerState
+from server.web.routes import router as web_router
 
 
 def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastAPI:
@@ -45,6 +46,7 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     app.include_router(responses.router)
     app.include_router(messages.router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
+    app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)
     started = int(time.time())
 

@@ -38,7 +38,8 @@ GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/m
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"}  # others: "other" in metrics
-UNDOCUMENTED = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc")  # routes outside /openapi.json
+UNDOCUMENTED = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/status.json",
+                "/web/{name}")  # routes outside /openapi.json
 MAX_DEPTH = 64  # JSON nesting a request may have (harmony's renderer gives up near 128)
 
 
