@@ -131,3 +131,10 @@ SCRIPTS["Strict weather call"] = (
     "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
     "<|message|>{\"city\": \"Sapporo\", \"unit\": \"kelvin\"}<|call|>"
 )
+
+# ---- swallow-server generate / chat (tests/test_console.py) ----
+# the model card's question, with its reasoning apart from its answer
+CAPITAL_QUESTION = "日本の首都はどこですか？"
+CAPITAL_REASONING = "日本の首都について聞かれています。東京です。"
+CAPITAL_ANSWER = "日本の首都は東京です。"
+SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITAL_ANSWER)
