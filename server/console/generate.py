@@ -2,7 +2,8 @@
 
 Standard output gets the answer and nothing else, followed by one newline, so it can be piped.
 Standard error gets the reasoning (dimmed on a terminal; --hide-reasoning drops it) and, at the
-end, the usage line (--quiet drops it).
+end, the usage line (--quiet drops it). With --json-schema the answer is printed once it is
+complete, so standard output is either the whole JSON or nothing (an error on standard error).
 """
 
 import argparse
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
                 print("swallow-server generate: give --prompt TEXT or the prompt on standard input",
                       file=sys.stderr)
                 return 2
-            prompt = sys.stdin.read()
+            prompt = sys.stdin.read().rstrip("\r\n")  # `echo QUESTION |` adds a newline
         if not prompt.strip():
             print("swallow-server generate: the prompt is empty", file=sys.stderr)
             return 2
@@ -75,18 +76,21 @@ def main(argv: list[str]) -> int:
             if state["reasoning_open"]:  # end the reasoning's line before the answer starts
                 err.print()
                 state["reasoning_open"] = False
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            if schema is None:  # structured output is held back until it is whole
+                sys.stdout.write(text)
+                sys.stdout.flush()
 
         with Connection(args) as client:
             reply = client.stream(body, Reply(), on_reasoning, on_content)
+        if schema is not None:
+            sys.stdout.write(reply.content)
         sys.stdout.write("\n")
         sys.stdout.flush()
         if state["reasoning_open"]:
             err.print()
         if not args.quiet:
             err.print(reply.usage_line(), style="dim", markup=False)
-        return 0 if reply.finish_reason in ("stop", "length", None) else 1
+        return 0
     except ClientError as e:
         print(f"swallow-server generate: {e}", file=sys.stderr)
         return 1
