@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -110,6 +111,29 @@ def test_generate_sends_the_api_key(start_server, scripted_model):
     assert result.returncode == 0 and result.stdout == "effort=medium\n"
     result = generate("--url", server.url, "--prompt", "Hello", "--api-key", "wrong", env=env)
     assert result.returncode == 1 and "401" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_ctrl_c_stops_the_generation(scripted_server):
+    process = subprocess.Popen([sys.executable, "-m", "server", "generate", "--url", scripted_server.url,
+                                "--prompt", "Write a long essay"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.read(6) == "word0 "      # the answer is streaming
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 10
+    while scripted_server.health()["running"] != 0:
+        assert time.monotonic() < deadline, "the server still generates the interrupted reply"
+        time.sleep(0.1)
+
+
+def test_chat_wants_a_terminal(scripted_server):
+    result = subprocess.run([sys.executable, "-m", "server", "chat", "--url", scripted_server.url], cwd=ROOT,
+                            input="hello\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not a terminal" in result.stderr
 
 
 # ---- chat, in a real terminal --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`swallow-server chat`: an interactive terminal chat.
 
 Input is prompt_toolkit's (history with the up arrow, wide characters, pasting); output is rich's.
-Enter sends; Alt+Enter, Esc then Enter, or Ctrl-J starts a new line. Replies stream: the reasoning
+Enter sends; Alt+Enter (or Esc then Enter) starts a new line. Replies stream: the reasoning
 dimmed (or folded to one line that says how long the model thought, or hidden), the answer in the
 normal colour. Ctrl-C during a reply stops it (the server frees its slot) and the turn is dropped
 from the conversation; Ctrl-C at the prompt clears the line; Ctrl-D or /quit leaves.
@@ -20,7 +20,7 @@ from server.console.client import (Client, ClientError, Connection, Reply, add_c
 EFFORTS = ("low", "medium", "high")
 REASONING_MODES = ("show", "fold", "hide")
 HELP = """\
-Enter sends; Alt+Enter (or Esc Enter, or Ctrl-J) adds a line. Up/down: input history.
+Enter sends; Alt+Enter (or Esc then Enter) adds a line. Up/down: input history.
 Ctrl-C stops a reply (or clears the line); Ctrl-D or /quit leaves.
   /effort low|medium|high   reasoning effort of the next replies (no argument: show it)
   /system TEXT              set the instructions (system message); /system alone removes them
@@ -49,12 +49,15 @@ def make_session(history_file: str | None):
 
     bindings = KeyBindings()
 
+    # Ctrl-J sends too: an Enter typed ahead while a reply streams reaches us as Ctrl-J (the
+    # terminal, not yet in raw mode, turns CR into LF); Alt+Enter likewise becomes Esc Ctrl-J.
     @bindings.add("enter")
+    @bindings.add("c-j")
     def _send(event):
         event.current_buffer.validate_and_handle()
 
     @bindings.add("escape", "enter")
-    @bindings.add("c-j")
+    @bindings.add("escape", "c-j")
     def _newline(event):
         event.current_buffer.insert_text("\n")
 
