@@ -15,14 +15,20 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.scripts import (CAPITAL_ANSWER, CAPITAL_QUESTION, CAPITAL_REASONING, JAPANESE_ANSWER,
-                           JAPANESE_REASONING, WEATHER_JSON)
+from tests.scripts import (
+    CAPITAL_ANSWER,
+    CAPITAL_QUESTION,
+    CAPITAL_REASONING,
+    JAPANESE_ANSWER,
+    JAPANESE_REASONING,
+    WEATHER_JSON,
+)
 
 
 def generate(*args, input=None, env=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "server", "generate", *args], cwd=ROOT, input=input,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 # ---- generate ----------------------------------------------------------------------------
@@ -132,7 +138,7 @@ def test_generate_ctrl_c_stops_the_generation(scripted_server):
 
 def test_chat_wants_a_terminal(scripted_server):
     result = subprocess.run([sys.executable, "-m", "server", "chat", "--url", scripted_server.url], cwd=ROOT,
-                            input="hello\n", capture_output=True, text=True, timeout=60)
+                            input="hello\n", capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and "not a terminal" in result.stderr
 
 
@@ -188,7 +194,7 @@ class Terminal:
             time.sleep(0.1)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=20)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=20, check=False)
 
 
 @pytest.fixture

@@ -14,8 +14,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server.console.client import (Client, ClientError, Connection, Reply, add_connection_arguments,
-                                   add_generation_arguments, request_body)
+from server.console.client import (
+    Client,
+    ClientError,
+    Connection,
+    Reply,
+    add_connection_arguments,
+    add_generation_arguments,
+    request_body,
+)
 
 EFFORTS = ("low", "medium", "high")
 REASONING_MODES = ("show", "fold", "hide")

@@ -14,8 +14,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server.console.client import (ClientError, Connection, Reply, add_connection_arguments,
-                                   add_generation_arguments, request_body)
+from server.console.client import (
+    ClientError,
+    Connection,
+    Reply,
+    add_connection_arguments,
+    add_generation_arguments,
+    request_body,
+)
 
 
 def parser() -> argparse.ArgumentParser:
