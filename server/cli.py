@@ -1,4 +1,4 @@
-"""The `swallow-server` command: serve (the default), convert, models."""
+"""The `swallow-server` command: serve (the default), convert, models, generate, chat."""
 
 import argparse
 import logging
@@ -8,14 +8,14 @@ import sys
 from models.errors import ModelError
 from server.config import DEFAULT_MODEL, ConfigError, load_settings
 
-SUBCOMMANDS = ("serve", "convert", "models")
+SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
 
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swallow-server",
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
-        "Subcommands: serve (default), convert, models.",
+        "Subcommands: serve (default), convert, models, generate, chat.",
     )
     parser.add_argument("--model", help=f"local MLX model directory, Hugging Face repo id, or 'demo' "
                         f"(a tiny random model, no download). Default: {DEFAULT_MODEL}")
@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         from models import catalog
 
         return catalog.main(rest)
+    if command == "generate":
+        from server.console import generate
+
+        return generate.main(rest)
+    if command == "chat":
+        from server.console import chat
+
+        return chat.main(rest)
     return serve(rest)
 
 

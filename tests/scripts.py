@@ -136,3 +136,10 @@ SCRIPTS["Strict weather call"] = (
 # a reply that never writes a header: it must stream from its first token, not after 48
 NO_HEADER_WORDS = "".join(f" 言葉{i}" for i in range(40))
 SCRIPTS["Long reply without a header"] = NO_HEADER_WORDS.lstrip() + "<|return|>"
+
+# ---- swallow-server generate / chat (tests/test_console.py) ----
+# the model card's question, with its reasoning apart from its answer
+CAPITAL_QUESTION = "日本の首都はどこですか？"
+CAPITAL_REASONING = "日本の首都について聞かれています。東京です。"
+CAPITAL_ANSWER = "日本の首都は東京です。"
+SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITAL_ANSWER)
