@@ -13,11 +13,14 @@ A reply is a whole assistant turn in harmony markup (what follows `<|start|>assi
 a list of replies scripts successive turns of a tool loop. The trigger is matched as the
 token ids of its text, so make it a whole message (or the start of one).
 
+A reply may contain DIE: when generation gets there, the model raises SystemExit, which no
+step handler catches (for tests of the engine thread dying).
 A reply may contain FAIL: when generation gets there, the model raises an exception inside the
 batch step, as a real model failing mid-generation would (for tests of errors mid-stream).
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from models import vocab
 
 ARCH_FILE = Path(__file__).with_name("scripted_arch.py")
 FAIL = "<|scripted_failure|>"  # stored as the id -1, which scripted_arch.py raises on
+DIE = "<|scripted_engine_death|>"  # stored as the id -2: an error no step handler catches
+MARKERS = {FAIL: -1, DIE: -2}
 
 
 def build_scripted_model(
@@ -43,8 +48,9 @@ def build_scripted_model(
 
     def reply_ids(text: str) -> list:
         ids = []
-        for i, piece in enumerate(text.split(FAIL)):
-            ids += ([-1] if i else []) + encoding.encode(piece, allowed_special="all")
+        pieces = re.split(f"({'|'.join(map(re.escape, MARKERS))})", text)
+        for piece in pieces:
+            ids += [MARKERS[piece]] if piece in MARKERS else encoding.encode(piece, allowed_special="all")
         return ids
 
     config = {

@@ -13,7 +13,8 @@ at every step, puts all the probability on the next token of a scripted reply:
   (`<|start|>assistant`) that follows the last non-assistant message. A header forced into the
   prompt counts as part of the reply, so scripts are written as whole assistant turns.
 - Past the end of a reply the model says `<|return|>`.
-- A reply id of -1 (scripted.FAIL) makes the forward pass raise: a model failing mid-generation.
+- A reply id of -1 (scripted.FAIL) makes the forward pass raise: a model failing mid-generation;
+  -2 (scripted.DIE) raises SystemExit, which takes the engine thread down.
 
 This file must stay self-contained: mlx-lm loads it by path, outside any package.
 """
@@ -94,6 +95,8 @@ class Model(nn.Module):
             next_scripted_token(h, self.args.scripts, self.args.default_reply)
             for h in histories
         ]
+        if any(t == -2 for t in targets):
+            raise SystemExit("scripted engine death: this reply takes the engine thread down on purpose")
         if any(t < 0 for t in targets):
             raise RuntimeError("scripted failure: this reply fails here on purpose")
         logits = mx.zeros((batch, self.args.vocab_size), dtype=mx.float32)

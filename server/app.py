@@ -3,6 +3,7 @@
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from models.loading import LoadedModel
 from server.api.chat import routes as chat
@@ -69,7 +70,12 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     @app.get("/health")
     async def health(request: Request):
         state = request.app.state.server
-        return {"status": "ok", "model": state.model_id, "running": state.engine.running,
-                "waiting": state.engine.waiting, "prompt_cache": state.engine.cache_stats()}
+        engine = state.engine
+        body = {"status": "ok", "model": state.model_id, "running": engine.running, "waiting": engine.waiting,
+                "memory": engine.memory_stats(), "prompt_cache": engine.cache_stats()}
+        if engine.dead is not None:  # the process is about to exit (non-zero) for a restart
+            return JSONResponse({**body, "status": "error", "error": f"the engine stopped: {engine.dead}"},
+                                status_code=503)
+        return body
 
     return app

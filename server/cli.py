@@ -4,10 +4,12 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 
 from models.errors import ModelError
 from server.config import DEFAULT_MODEL, ConfigError, load_settings
 
+ENGINE_DEATH_GRACE = 1.0  # seconds between the engine's death and the exit
 SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
 
 
@@ -70,14 +72,26 @@ def serve(argv: list[str]) -> int:
         print(f"swallow-server: {e}", file=sys.stderr)
         return 1
     app = create_app(settings, engine, loaded)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_timeout, access_log=False))  # RequestLog logs
+
+    def engine_died(reason: str) -> None:
+        # requests in flight have their error; give their streams a moment to carry it, then exit
+        log.critical("exiting: the engine stopped (%s)", reason)
+        threading.Timer(ENGINE_DEATH_GRACE, lambda: setattr(server, "should_exit", True)).start()
+
+    engine.on_death = engine_died
     # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets requests in flight finish for up to
     # shutdown_timeout seconds, then returns; it then re-raises the signal to the handlers it
     # found, so these no-op ones make that a clean exit 0 after engine.stop().
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.shutdown_timeout, access_log=False)  # RequestLog logs
+    server.run()
     engine.stop()
+    if engine.dead is not None:
+        log.error("the engine died (%s): exiting with status 1 so a supervisor restarts the server", engine.dead)
+        return 1
     log.info("engine stopped; exiting")
     return 0
 

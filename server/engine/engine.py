@@ -13,25 +13,43 @@ layers use RotatingKVCache, which cannot be trimmed back once more than its wind
 written, and the next turn re-renders the previous reply without its analysis: so the reply's
 own cache rarely helps, while the copy taken at the end of the prompt is always a prefix of
 the next turn's prompt.
+
+Tokens reach the event loop once per engine step, all requests' together (one thread-safe call
+per step, not one per token per request).
+
+Memory-aware admission (memory.py): a request joins the batch only when the worst case of its
+KV cache (prompt + token limit) fits beside the running ones in the cache budget; until then it
+waits in the engine's queue (`waiting_for_memory`), and the prompt cache gives up entries to make
+room for it. One that could never fit is refused before it is submitted (`check_fits`).
+
+A failure touches one request: each request's sampler and logits processors run guarded, and a
+request whose own part raises ends alone with an error while the rest of the batch goes on. A
+failing model step fails the requests in the batch. If the engine thread itself dies, every
+request in flight ends with an error, `dead` holds the reason, and `on_death` is called (the
+server then answers 503 and exits non-zero).
 """
 
 import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
+from mlx_lm.sample_utils import greedy_sampler
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
+from server.engine.memory import KVCost, cache_budget, measure_kv_cost
 from server.engine.sampling import (
     SamplingParams,
     make_request_processors,
     make_request_sampler,
 )
+from server.plumbing.errors import invalid_request
 
 log = logging.getLogger("swallow.engine")
 
@@ -46,7 +64,7 @@ class Finished:
     error: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and hashed) by identity
 class Generation:
     """One request's generation, as the event loop sees it."""
 
@@ -61,23 +79,22 @@ class Generation:
     engine: "Engine | None" = None
     finished: bool = False
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache
+    failure: str | None = None  # the request's own part (sampler, processor) failed: why
+    reserved: int = 0  # tokens of KV cache admission holds for it (prompt + token limit)
 
     def _deliver(self, item) -> None:
-        # Called on the engine thread. A loop that is already closed (shutdown) has no one
-        # left to tell; that must not take the engine thread down.
-        try:
-            self.loop.call_soon_threadsafe(self.output.put_nowait, item)
-        except RuntimeError:
-            self.finished = True
+        """Queues an item for the event loop (engine thread); Engine._flush sends the step's lot."""
+        if self.engine is not None:
+            self.engine._outbox.append((self, item))
 
     async def events(self):
         """Yields generated token ids, then one Finished."""
         while True:
-            item = await self.output.get()
-            yield item
-            if isinstance(item, Finished):
-                self.finished = True
-                return
+            for item in await self.output.get():  # what one engine step delivered
+                yield item
+                if isinstance(item, Finished):
+                    self.finished = True
+                    return
 
     def cancel(self) -> None:
         if not self.finished and self.engine is not None:
@@ -95,7 +112,14 @@ class Engine:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="swallow-engine", daemon=True)
         self._active: dict[int, Generation] = {}
-        self.waiting = 0  # submitted, not yet in the batch
+        self._outbox: list = []  # (generation, token or Finished) of this step, for the event loop
+        self._held: deque[Generation] = deque()  # waiting for cache memory
+        self._inbox = 0  # submitted, not yet taken by the engine thread
+        self.dead: str | None = None  # why the engine thread died, once it has
+        self.on_death = None  # called (from the engine thread) with the reason
+        self.kv_cost: KVCost | None = None
+        self.kv_budget = 0  # bytes the KV caches may use
+        self.kv_budget_source = ""
         budget = settings.prompt_cache_mb * 2**20
         self.prompt_cache = LRUPromptCache(max_size=256, max_bytes=budget) if budget > 0 else None
 
@@ -120,11 +144,40 @@ class Engine:
     def running(self) -> int:
         return len(self._active)
 
+    @property
+    def waiting(self) -> int:
+        """Submitted, not yet in the batch (in the inbox, or held for memory)."""
+        return self._inbox + len(self._held)
+
+    @property
+    def waiting_for_memory(self) -> int:
+        return len(self._held)
+
+    def memory_stats(self) -> dict:
+        return {"kv_budget_bytes": self.kv_budget, "kv_budget_from": self.kv_budget_source,
+                "kv_reserved_bytes": self._reserved_bytes(), "waiting_for_memory": self.waiting_for_memory}
+
+    def check_fits(self, tokens: int) -> None:
+        """400 for a request whose KV cache could never fit, not even alone."""
+        if self.kv_cost is None:
+            return
+        need = self.kv_cost.of(tokens)
+        if need > self.kv_budget:
+            raise invalid_request(
+                f"This request could need {need / 2**20:.1f} MiB of KV cache (its prompt and token limit, "
+                f"{tokens} tokens), more than the {self.kv_budget / 2**20:.1f} MiB this server has for caches "
+                f"({self.kv_budget_source}). Lower max_tokens or shorten the prompt.",
+                param="max_tokens", code="kv_memory_exceeded")
+
     def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams, boundaries=(),
                processors=()) -> Generation:
         generation = Generation(prompt, max_tokens, sampling, asyncio.get_running_loop(),
-                                boundaries=tuple(boundaries), processors=tuple(processors), engine=self)
-        self.waiting += 1
+                                boundaries=tuple(boundaries), processors=tuple(processors), engine=self,
+                                reserved=len(prompt) + max_tokens)
+        if self.dead is not None:
+            generation.output.put_nowait([Finished("error", f"the engine is not running: {self.dead}")])
+            return generation
+        self._inbox += 1
         self._commands.put(("submit", generation))
         return generation
 
@@ -146,11 +199,24 @@ class Engine:
         try:
             self.loaded = load_model(self.settings.model, trust_remote_code=self.settings.trust_remote_code,
                                      path=self.model_path)
+            self.kv_cost = measure_kv_cost(self.loaded.model)
+            self.kv_budget, self.kv_budget_source = cache_budget(self.settings.kv_memory_mb)
+            log.info("KV caches: %.0f bytes per token + %d fixed per request; %.0f MiB for caches (%s)",
+                     self.kv_cost.per_token, self.kv_cost.fixed, self.kv_budget / 2**20, self.kv_budget_source)
         except Exception as e:  # reported by wait_until_loaded
             self.load_error = e
             self._ready.set()
             return
         self._ready.set()
+        try:
+            self._serve()
+        except BaseException as e:  # the engine thread dies: nothing may be left waiting
+            self._die(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            if not isinstance(e, Exception):
+                raise
+        self.loaded = None
+
+    def _serve(self) -> None:
         batch = self._new_batch()
         while True:
             if not self._apply_commands(batch, block=not self._active):
@@ -165,18 +231,63 @@ class Engine:
                 for generation in self._active.values():
                     generation._deliver(Finished("error", str(e) or type(e).__name__))
                 self._active.clear()
+                self._flush()
                 batch = self._new_batch()
+                self._admit(batch)
                 continue
             for response in responses:
                 generation = self._active.get(response.uid)
                 if generation is None:
+                    continue
+                if generation.failure is not None:  # its own sampler or processor failed
+                    self._end(batch, generation, Finished("error", generation.failure))
                     continue
                 generation._deliver(response.token)
                 if response.finish_reason is not None:
                     generation._deliver(Finished(response.finish_reason))
                     del self._active[response.uid]
                     self._keep(response.all_tokens, response.prompt_cache)
-        self.loaded = None
+            self._admit(batch)
+            self._flush()
+
+    def _die(self, reason: str) -> None:
+        log.critical("the engine thread died: %s", reason)
+        self.dead = reason
+        ended = Finished("error", f"the engine stopped: {reason}")
+        for generation in [*self._active.values(), *self._held]:
+            generation._deliver(ended)
+        while True:  # what was submitted and not taken yet
+            try:
+                command, generation = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if command == "submit":
+                generation._deliver(ended)
+        self._active.clear()
+        self._held.clear()
+        self._flush()
+        if self.on_death is not None:
+            self.on_death(reason)
+
+    def _flush(self) -> None:
+        """Hands this step's tokens to the event loop(s): one call per loop per step."""
+        if not self._outbox:
+            return
+        by_loop: dict = {}
+        for generation, item in self._outbox:
+            by_loop.setdefault(generation.loop, {}).setdefault(generation, []).append(item)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_hand_over, items)
+            except RuntimeError:  # the loop is closed (shutdown): no one left to tell
+                for generation in items:
+                    generation.finished = True
+
+    def _end(self, batch: BatchGenerator, generation: Generation, finished: Finished) -> None:
+        batch.remove([generation.uid])
+        del self._active[generation.uid]
+        generation._deliver(finished)
 
     def _new_batch(self) -> BatchGenerator:
         # A stream of this thread: mlx-lm's module-level stream belongs to the importing thread.
@@ -200,16 +311,21 @@ class Engine:
             if command == "stop":
                 return False
             if command == "submit":
-                self.waiting -= 1
-                self._insert(batch, generation)
+                self._held.append(generation)
+                self._inbox -= 1
+                self._admit(batch)
             elif command == "cancel" and generation.uid in self._active:
-                batch.remove([generation.uid])
-                del self._active[generation.uid]
+                self._end(batch, generation, Finished("cancelled"))
+            elif command == "cancel" and generation in self._held:
+                self._held.remove(generation)
                 generation._deliver(Finished("cancelled"))
+            self._flush()
 
     def _keep(self, tokens: list, cache: list) -> None:
         if self.prompt_cache is not None and tokens:
             self.prompt_cache.insert_cache(CACHE_KEY, list(tokens), cache)
+            # the prompt cache has what running requests leave of the budget, never more
+            self.prompt_cache.trim_to(n_bytes=max(0, self.kv_budget - self._reserved_bytes()))
 
     def _keep_segment_caches(self, batch: BatchGenerator, prompt_responses: list) -> None:
         """Copies of the cache where a prompt segment ended (not its last token: that one
@@ -237,6 +353,55 @@ class Engine:
             previous = cut
         return segments
 
+    # ---- memory-aware admission ------------------------------------------------------
+
+    def _reserved_bytes(self, extra: Generation | None = None) -> int:
+        rows = [*self._active.values(), *([extra] if extra else [])]
+        if self.kv_cost is None or not rows:
+            return 0
+        return self.kv_cost.batch(len(rows), max(g.reserved for g in rows))
+
+    def _admit(self, batch: BatchGenerator) -> None:
+        """Moves waiting requests into the batch, first come first served, while their worst
+        case fits beside the running ones; the prompt cache gives up entries to make room."""
+        while self._held:
+            generation = self._held[0]
+            if generation.finished:  # cancelled while waiting
+                self._held.popleft()
+                continue
+            needed = self._reserved_bytes(generation)
+            if self._active and needed > self.kv_budget:
+                return  # wait until running requests finish
+            self._held.popleft()
+            if self.prompt_cache is not None:
+                self.prompt_cache.trim_to(n_bytes=max(0, self.kv_budget - needed))
+            self._insert(batch, generation)
+
+    # ---- one request's own part, guarded ---------------------------------------------
+
+    @staticmethod
+    def _guarded(generation: Generation, part, what: str):
+        """`part` (a sampler or a logits processor) such that an exception in it marks the
+        request failed instead of failing the batch step; the logits go on unchanged (a
+        sampler's: the most likely token) until the engine ends the request after the step."""
+
+        def guarded(*args):
+            try:
+                return part(*args)
+            except Exception as e:
+                if generation.failure is None:
+                    log.exception("a request's %s failed; ending that request alone", what)
+                    generation.failure = f"its {what} failed: {e}" if str(e) else f"its {what} failed"
+                logits = args[-1]
+                return mx.argmax(logits, axis=-1) if what == "sampler" else logits
+
+        return guarded
+
+    def _sampler(self, generation: Generation):
+        sampler = make_request_sampler(generation.sampling)
+        # greedy is one shared function (the batch samples in one call) and can't fail
+        return sampler if sampler is greedy_sampler else self._guarded(generation, sampler, "sampler")
+
     def _insert(self, batch: BatchGenerator, generation: Generation) -> None:
         if generation.finished:  # cancelled while waiting
             return
@@ -248,13 +413,20 @@ class Engine:
                 caches=[cache],
                 all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
-                samplers=[make_request_sampler(generation.sampling)],
-                logits_processors=[make_request_processors(generation.sampling) + list(generation.processors)],
+                samplers=[self._sampler(generation)],
+                logits_processors=[[self._guarded(generation, p, "logits processor")
+                                    for p in make_request_processors(generation.sampling) + list(generation.processors)]],
             )
         except Exception as e:
             log.exception("could not start a generation")
-            generation._deliver(Finished("error", str(e)))
+            generation._deliver(Finished("error", str(e) or type(e).__name__))
             return
         generation.uid = uid
         generation.cached_tokens = cached
         self._active[uid] = generation
+
+
+def _hand_over(items: dict) -> None:
+    """On the event loop: one engine step's items, each request's in one queue entry."""
+    for generation, delivered in items.items():
+        generation.output.put_nowait(delivered)

@@ -7,7 +7,9 @@
   first generated token; swallow_time_per_output_token_seconds: between consecutive tokens
 - swallow_turns_total{finish_reason}: assistant turns that ended (stop, length, tool_calls, error)
 - swallow_requests_running / swallow_requests_queued: admission's slots held and requests waiting;
-  swallow_engine_sequences / swallow_engine_waiting: the engine's batch and its inbox
+  swallow_engine_sequences / swallow_engine_waiting: the engine's batch and its inbox;
+  swallow_engine_waiting_for_memory: requests held until their KV cache fits (memory-aware admission);
+  swallow_kv_reserved_bytes / swallow_kv_budget_bytes: what the running requests may need, of what there is
 - swallow_prompt_cache_hits_total, swallow_prompt_cache_reused_tokens_total: turns whose prompt
   started from the prompt cache, and the prompt tokens it saved
 - swallow_reasoning_stops_total{reason}: analyses the server ended and turned into the answer,
@@ -81,6 +83,12 @@ RUNNING = Gauge("swallow_requests_running", "Requests holding a generation slot"
 QUEUED = Gauge("swallow_requests_queued", "Requests waiting for a generation slot", registry=REGISTRY)
 ENGINE_SEQUENCES = Gauge("swallow_engine_sequences", "Sequences in the engine's batch (prefilling or "
                          "decoding)", registry=REGISTRY)
+ENGINE_WAITING_MEMORY = Gauge("swallow_engine_waiting_for_memory", "Requests the engine holds until their KV "
+                              "cache fits beside the running ones", registry=REGISTRY)
+KV_RESERVED = Gauge("swallow_kv_reserved_bytes", "KV cache memory reserved for the running requests' worst case",
+                    registry=REGISTRY)
+KV_BUDGET = Gauge("swallow_kv_budget_bytes", "Memory the KV caches may use (running requests and the prompt "
+                  "cache)", registry=REGISTRY)
 ENGINE_WAITING = Gauge("swallow_engine_waiting", "Requests submitted to the engine, not yet in its batch",
                        registry=REGISTRY)
 
@@ -98,6 +106,9 @@ def bind(admission, engine) -> None:
     QUEUED.set_function(lambda: admission.queued)
     ENGINE_SEQUENCES.set_function(lambda: engine.running)
     ENGINE_WAITING.set_function(lambda: engine.waiting)
+    ENGINE_WAITING_MEMORY.set_function(lambda: engine.waiting_for_memory)
+    KV_RESERVED.set_function(lambda: engine.memory_stats()["kv_reserved_bytes"])
+    KV_BUDGET.set_function(lambda: engine.kv_budget)
 
 
 class TurnWatch:

@@ -107,12 +107,16 @@ class Turn:
 
     @classmethod
     async def open(cls, state, spec: TurnSpec) -> "Turn":
+        if state.engine.dead is not None:
+            raise APIError(503, f"The engine stopped ({state.engine.dead}); the server is exiting to be "
+                                "restarted.", type="server_error", code="engine_stopped")
         asked = spec.asked
         asked.has_stop = bool(spec.stop)
         asked.tools_active = bool(spec.prompt.tools)
         plan = await reply_plan.prepare(asked, state)  # 400s for unusable schemas
         rendered = render(state, spec)
         max_tokens = check_context(state, len(rendered.tokens), spec.max_tokens, spec.input_param)
+        state.engine.check_fits(len(rendered.tokens) + max_tokens)  # 400 when its KV cache never could
         return cls(state, spec, plan, rendered, max_tokens)
 
     def cancel(self) -> None:
