@@ -109,14 +109,6 @@ class ResponseStore:
         with self._lock:
             return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
 
-    def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM responses").fetchone()[0]
-
-    def integrity(self) -> str:
-        with self._lock:
-            return self._db.execute("PRAGMA integrity_check").fetchone()[0]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
