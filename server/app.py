@@ -13,7 +13,7 @@ from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.config import Settings
 from server.engine.engine import Engine
-from server.plumbing import metrics, middleware
+from server.plumbing import limits, metrics, middleware
 from server.plumbing.admission import Admission
 from server.plumbing.errors import (
     APIError,
@@ -35,6 +35,7 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
         model_id=settings.served_model_name or loaded.model_id,
         context_length=settings.context_length or loaded.context_length,
     )
+    limits.configure(settings)  # max_messages, checked as requests are parsed
     install_error_handlers(app)
     document_errors(app)
     # Auth, CORS, body limit, admission (max_concurrency / max_queue), request log, /metrics.

@@ -36,11 +36,13 @@ class Settings(BaseModel):
     api_key: str = ""  # empty: no key; else /v1/* wants "Authorization: Bearer <key>"
     cors_origins: list[str] = Field(default_factory=lambda: list(LOCAL_ORIGINS))  # see _origins
     max_body_mb: int = Field(16, ge=1)  # larger request bodies get 413
+    metrics_public: bool = True  # false: /metrics wants the api_key too
 
     # [limits]
     max_concurrency: int = Field(0, ge=0)  # requests generating at once; 0: max_batch_size
     max_queue: int = Field(64, ge=0)  # requests waiting for a slot; past both: 429
     shutdown_timeout: float = Field(30, ge=0)  # seconds requests in flight get on SIGTERM
+    max_messages: int = Field(10000, ge=1)  # messages / input items a request may have; more: 400
 
     # [model]
     model: str = DEFAULT_MODEL
@@ -73,7 +75,8 @@ class Settings(BaseModel):
 
     # [responses]
     data_dir: str = ""  # stored responses (SQLite); empty: <cache dir>/responses
-
+    responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept
+    responses_max_count: int = Field(0, ge=0)  # only the newest this many are kept; 0: all
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -63,6 +63,9 @@ MALFORMED_CHAT = {
     "no messages": {"messages": []},
     "five stop strings": chat(stop=["a"] * 5),
     "ten thousand stop strings": chat(stop=["a"] * 10000),
+    "a stop string of 257 characters": chat(stop=["x" * 257]),
+    "a long stop string among short ones": chat(stop=["a", "x" * 10000]),
+    "100000 messages": {"messages": USER * 100_000},
     "three thousand messages": {"messages": USER * 3000},
     "unknown tool_call_id": {"messages": [*USER, {"role": "tool", "tool_call_id": "x", "content": "1"}]},
     "tool_choice without tools": chat(tool_choice="required"),
@@ -108,6 +111,7 @@ ODD_CHAT = {
     "response_format without a schema": chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
     "system message only": {"messages": [{"role": "system", "content": "hi"}], "max_tokens": 8},
     "valid surrogate pair": chat(messages=[{"role": "user", "content": "\U0001F600"}]),
+    "four stop strings of 256 characters": chat(stop=["x" * 256] * 4),
 }
 
 MALFORMED_RESPONSES = {
@@ -116,6 +120,7 @@ MALFORMED_RESPONSES = {
     "temperature 3": {"input": "hi", "temperature": 3},
     "unknown item type": {"input": [{"type": "computer_call"}]},
     "no input": {},
+    "100000 input items": {"input": USER * 100_000},
 }
 
 
@@ -130,6 +135,8 @@ MALFORMED_MESSAGES = {
     "tool_result in an assistant turn": {"messages": [{"role": "assistant", "content": [
         {"type": "tool_result", "tool_use_id": "t", "content": "x"}]}], "max_tokens": 8},
     "five stop sequences": {"messages": USER, "max_tokens": 8, "stop_sequences": ["a", "b", "c", "d", "e"]},
+    "a stop sequence of 257 characters": {"messages": USER, "max_tokens": 8, "stop_sequences": ["x" * 257]},
+    "100000 messages": {"messages": USER * 100_000, "max_tokens": 8},
     "thinking of no type": {"messages": USER, "max_tokens": 8, "thinking": {"budget_tokens": 5}},
     "tool_choice tool without name": {"messages": USER, "max_tokens": 8, "tool_choice": {"type": "tool"}},
     "server tool": {"messages": USER, "max_tokens": 8, "tools": [{"type": "web_search_20250305", "name": "s"}]},
@@ -223,6 +230,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(scripted_serve
         except Exception as e:  # a check failed: keep going, report them all
             failures.append(f"{tried[-1]}: {e}")
     assert {"POST /v1/chat/completions", "POST /v1/responses", "POST /v1/messages", "POST /v1/messages/count_tokens",
-            "GET /v1/models"} <= set(tried)
+            "GET /v1/models", "GET /v1/responses/{response_id}", "DELETE /v1/responses/{response_id}",
+            "GET /v1/responses/{response_id}/input_items"} <= set(tried)
     assert not failures, "\n\n".join(failures)
     assert scripted_server.health()["running"] == 0

@@ -36,6 +36,52 @@ def test_get_and_delete(client):
         client.responses.delete(created.id)
 
 
+def test_input_items_list_what_a_response_was_generated_from(client):
+    first = create(client, "Remember the word pineapple.")
+    second = client.responses.create(model="m", previous_response_id=first.id, input=[
+        {"role": "user", "content": "Which word?"}, {"role": "user", "content": [{"type": "input_text", "text": "Say it."}]}])
+    listed = client.responses.input_items.list(second.id)  # newest first, as OpenAI's
+    assert [item.type for item in listed.data] == ["message", "message", "message", "message"]
+    assert [item.content[0].text for item in listed.data] == ["Say it.", "Which word?", REMEMBER_FIRST,
+                                                              "Remember the word pineapple."]
+    assert [item.role for item in listed.data] == ["user", "user", "assistant", "user"]
+    assert listed.data[2].id == first.output[0].id  # the stored conversation keeps its ids
+    assert listed.data[3].content[0].type == "input_text" and listed.data[3].id.startswith("msg_")
+    assert (listed.first_id, listed.last_id, listed.has_more) == (listed.data[0].id, listed.data[3].id, False)
+    assert [item.id for item in client.responses.input_items.list(first.id).data] == [listed.data[3].id]
+
+
+def test_input_items_pages(client, scripted_server):
+    items = [{"role": "user", "content": f"line {i}"} for i in range(5)]
+    response = client.responses.create(model="m", input=items)
+    url = f"{scripted_server.url}/v1/responses/{response.id}/input_items"
+    page = httpx.get(url, params={"limit": 2, "order": "asc"}).json()
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [item["content"][0]["text"] for item in page["data"]] == ["line 0", "line 1"]
+    rest = httpx.get(url, params={"limit": 10, "order": "asc", "after": page["last_id"]}).json()
+    assert [item["content"][0]["text"] for item in rest["data"]] == ["line 2", "line 3", "line 4"]
+    assert rest["has_more"] is False and rest["first_id"] == rest["data"][0]["id"]
+    newest = httpx.get(url, params={"limit": 1}).json()
+    assert newest["data"][0]["content"][0]["text"] == "line 4" and newest["has_more"] is True
+    before = httpx.get(url, params={"order": "asc", "before": rest["first_id"]}).json()
+    assert [item["content"][0]["text"] for item in before["data"]] == ["line 0", "line 1"]
+    every = [item.content[0].text for item in client.responses.input_items.list(response.id, order="asc")]
+    assert every == [f"line {i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("params, param", [({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
+                                           ({"order": "sideways"}, "order"), ({"after": "msg_nope"}, "after")])
+def test_input_items_bad_parameters_are_400(client, scripted_server, params, param):
+    response = create(client, "hello")
+    reply = httpx.get(f"{scripted_server.url}/v1/responses/{response.id}/input_items", params=params)
+    assert_400(reply, param=param)
+
+
+def test_input_items_of_an_unknown_response_is_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_nothing")
+
+
 def test_delete_body(scripted_server):
     created = post(scripted_server, {"input": "What is 2+2?"}).json()
     response = httpx.delete(f"{scripted_server.url}/v1/responses/{created['id']}")

@@ -1,4 +1,7 @@
-"""Security against the live server: API key, CORS origins, request body limit."""
+"""Security against the live server: API key, CORS origins, request body limit, message count
+limit, /metrics behind the key."""
+
+import time
 
 import httpx
 import openai
@@ -16,11 +19,13 @@ CHAT = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
 
 @pytest.fixture(scope="module")
 def keyed_server(start_server, scripted_model):
-    """A key from the environment, origins from the command line, a 1 MiB body limit."""
+    """A key from the environment, origins from the command line, a 1 MiB body limit, 3 messages
+    a request at most, /metrics behind the key."""
     server = start_server(
         ["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted",
          "--cors-origins", f"{ALLOWED},http://intranet:*"],
-        env={"SWALLOW_API_KEY": KEY, "SWALLOW_MAX_BODY_MB": "1"},
+        env={"SWALLOW_API_KEY": KEY, "SWALLOW_MAX_BODY_MB": "1", "SWALLOW_MAX_MESSAGES": "3",
+             "SWALLOW_METRICS_PUBLIC": "false"},
     )
     yield server
     server.stop()
@@ -44,6 +49,7 @@ def auth(key: str = KEY) -> dict:
 @pytest.mark.parametrize("method, path", [
     ("GET", "/v1/models"), ("GET", "/v1/models/scripted"), ("POST", "/v1/chat/completions"),
     ("POST", "/v1/responses"), ("GET", "/v1/responses/resp_123"), ("DELETE", "/v1/responses/resp_123"),
+    ("GET", "/v1/responses/resp_123/input_items"), ("GET", "/metrics"),
 ])
 def test_every_v1_route_wants_the_key(keyed_server, method, path):
     url = keyed_server.url + path
@@ -178,3 +184,46 @@ def test_default_limit_is_16_mib(scripted_server):
     error = assert_error(httpx.post(url, content=padded(16 * 2**20 + 10), headers=headers, timeout=60), 413)
     assert "16 MiB" in error["message"]
     assert_error(httpx.post(url, content=padded(15 * 2**20), headers=headers, timeout=60), 400)
+
+
+# ---- /metrics -----------------------------------------------------------------------------
+
+def test_metrics_are_public_by_default_and_can_want_the_key(scripted_server, keyed_server):
+    assert "swallow_http_requests_total" in httpx.get(f"{scripted_server.url}/metrics").text
+    assert_error(httpx.get(f"{keyed_server.url}/metrics"), 401)  # metrics_public = false
+    keyed = httpx.get(f"{keyed_server.url}/metrics", headers=auth())
+    assert keyed.status_code == 200 and "swallow_http_requests_total" in keyed.text
+    assert httpx.get(f"{keyed_server.url}/health").status_code == 200
+
+
+# ---- message count limit -------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}] * 100_000}),
+    ("/v1/responses", {"input": [{"role": "user", "content": "a"}] * 100_000}),
+    ("/v1/messages", {"messages": [{"role": "user", "content": "a"}] * 100_000, "max_tokens": 8}),
+    ("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": "a"}] * 100_000}),
+])
+def test_a_hundred_thousand_tiny_messages_are_a_fast_400(scripted_server, path, body):
+    started = time.perf_counter()
+    reply = httpx.post(f"{scripted_server.url}{path}", json=body, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert reply.status_code == 400, reply.text[:300]
+    error = reply.json()["error"]
+    assert "100000 items" in error["message"] and "at most 10000" in error["message"]
+    assert "max_messages" in error["message"]
+    assert elapsed < 5, elapsed  # parsed and refused; nothing rendered (~0.3 s here)
+
+
+def test_max_messages_is_configurable_and_counts_a_stored_conversation(keyed_server):
+    client = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=KEY, max_retries=0)
+    four = [{"role": "user", "content": "hi"}] * 4
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="m", messages=four)
+    assert caught.value.body["param"] == "messages" and "at most 3" in caught.value.body["message"]
+    first = client.responses.create(model="m", input="What is 2+2?")  # stored: input, reasoning, answer
+    assert len(first.output) == 2
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="m", input="And 3+3?", previous_response_id=first.id)
+    assert caught.value.body["code"] == "too_many_messages" and caught.value.body["param"] == "input"
+    assert "4 items" in caught.value.body["message"]

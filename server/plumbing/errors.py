@@ -73,10 +73,10 @@ def stream_error(path: str, body: dict) -> str:
 
 
 def _location(loc: tuple) -> str:
-    # ("body", "messages", 0, "role") -> "messages[0].role"
+    # ("body", "messages", 0, "role") -> "messages[0].role"; ("query", "limit") -> "limit"
     out = ""
-    for part in loc:
-        if part == "body":
+    for i, part in enumerate(loc):
+        if i == 0 and part in ("body", "query", "path"):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out

@@ -6,7 +6,8 @@
    an error event and `data: [DONE]` so the stream still ends cleanly.
 2. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
    from any other origin gets 403 (CORS headers alone would let it run, unread).
-3. ApiKey (only with an api_key): /v1/* wants `Authorization: Bearer <key>` or `x-api-key`, else 401.
+3. ApiKey (only with an api_key): /v1/* (and /metrics, with metrics_public = false) wants
+   `Authorization: Bearer <key>` or `x-api-key`, else 401.
 4. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string or JSON nested
    more than MAX_DEPTH levels gets 400; generating endpoints go through admission
    (server/plumbing/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
@@ -47,7 +48,7 @@ def install(app, settings: Settings, admission: Admission) -> None:
     """Add the middleware; Starlette runs the last added outermost."""
     app.add_middleware(Gate, admission=admission, max_body=settings.max_body_mb * 2**20)
     if settings.api_key:
-        app.add_middleware(ApiKey, key=settings.api_key)
+        app.add_middleware(ApiKey, key=settings.api_key, metrics=not settings.metrics_public)
     allowed = origin_regex(settings.cors_origins)
     app.add_middleware(OriginGuard, allowed=allowed)
     app.add_middleware(
@@ -197,13 +198,16 @@ class OriginGuard:
 
 class ApiKey:
     """/v1/* wants the key, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
-    (Anthropic's)."""
+    (Anthropic's); so does /metrics when `metrics` is true."""
 
-    def __init__(self, app, key: str):
-        self.app, self.key = app, key.encode()
+    def __init__(self, app, key: str, metrics: bool = False):
+        self.app, self.key, self.metrics = app, key.encode(), metrics
+
+    def _guards(self, path: str) -> bool:
+        return _is_api(path) or (self.metrics and path == "/metrics")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and _is_api(scope.get("path", "")) and scope["method"] != "OPTIONS":
+        if scope["type"] == "http" and self._guards(scope.get("path", "")) and scope["method"] != "OPTIONS":
             given = self._given(scope)
             if given is None:
                 return await self._refuse(send, scope, "You didn't provide an API key. Send it in the "

@@ -98,6 +98,7 @@ class Turn:
     def __init__(self, state, spec: TurnSpec, plan: reply_plan.Plan, rendered: Rendered, max_tokens: int):
         self.spec, self.plan, self.max_tokens = spec, plan, max_tokens
         self.prompt_tokens = len(rendered.tokens)
+        self.collected: list = []  # collect()'s events so far
         control = plan.control(state.encoding, rendered.prefix_tokens, max_tokens,
                                header_choices=_header_choices(state, spec, rendered))
         self.generation = state.engine.submit(rendered.tokens, max_tokens, spec.sampling,
@@ -125,10 +126,11 @@ class Turn:
 
     async def collect(self, request) -> tuple[list, TurnEnd]:
         """Every event of the turn and its end, while watching the client: one that hangs up
-        stops the generation (a 499 nobody reads)."""
+        stops the generation (a 499 nobody reads). The events received so far stay in
+        `self.collected`: what was generated before a client left, for an API that keeps it."""
+        events = self.collected = []
 
         async def drain():
-            events = []
             async for event in self.events:
                 if isinstance(event, TurnEnd):
                     return events, event

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
+
 Effort = Literal["low", "medium", "high"]
 
 
@@ -119,7 +121,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1), AT_MOST_MAX_MESSAGES]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -145,8 +147,8 @@ class ChatCompletionRequest(BaseModel):
         if self.n not in (None, 1):
             raise ValueError("n: only n=1 is supported")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop: up to 4 non-empty strings")
+        if len(stops) > 4 or any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"stop: up to 4 non-empty strings of at most {MAX_STOP_LENGTH} characters")
         return self
 
     def stop_strings(self) -> list[str]:

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
+
 # Efforts Anthropic's API accepts, mapped onto harmony's three levels (as Responses maps OpenAI's).
 EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high",
            "max": "high"}
@@ -153,10 +155,11 @@ class MessagesRequest(BaseModel):
 
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1)]
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1), AT_MOST_MAX_MESSAGES]
     system: str | list[TextBlock] | None = None
     stream: bool = False
-    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
+    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]],
+                              Field(max_length=4)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None

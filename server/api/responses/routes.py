@@ -1,4 +1,5 @@
-"""POST /v1/responses (stream and non-stream), GET and DELETE /v1/responses/{id}.
+"""POST /v1/responses (stream and non-stream), GET and DELETE /v1/responses/{id}, and
+GET /v1/responses/{id}/input_items.
 
 A translation over the turn pipeline (server/turn/pipeline.py) that every API shares: input
 items become a harmony Prompt and the turn's options (prompt.py), and OutputBuilder (output.py)
@@ -10,16 +11,18 @@ import itertools
 import json
 import logging
 import sqlite3
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
 from server.api.responses.output import OutputBuilder, ResponseShell, final_status
 from server.api.responses.prompt import turn_spec
 from server.api.responses.schema import InputItem, ResponsesRequest
-from server.api.responses.store import ResponseStore
+from server.api.responses.store import ResponseStore, with_ids
 from server.plumbing.errors import APIError
+from server.plumbing.limits import check_total
 from server.state import ServerState, sampling_params
 from server.turn.pipeline import Turn
 from server.turn.run import TurnEnd
@@ -50,12 +53,21 @@ async def create_response(body: ResponsesRequest, request: Request):
         if stored is None:
             raise APIError(400, f"Previous response with id {body.previous_response_id!r} not found.",
                            param="previous_response_id", code="previous_response_not_found")
+        check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
     spec, tools = turn_spec(body, history, settings.reasoning_effort, sampling_params(body, settings))
     turn = await Turn.open(state, spec)
     shell = ResponseShell(body, state.model_id, spec.prompt.effort, spec.sampling)
     builder = OutputBuilder(tools, body.wants_encrypted_reasoning())
-    conversation = [item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]]
+    conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
+
+    def save(response: dict) -> None:
+        """Synchronous on purpose: it also runs while a stream is being closed or cancelled."""
+        if body.store and response["status"] != "failed":
+            try:
+                store.save(response, conversation + builder.output)
+            except sqlite3.Error:
+                log.exception("could not store response %s", response["id"])
 
     def finished(end: TurnEnd) -> dict:
         problem = turn.plan.problem(end, turn.max_tokens)  # structured output that can't be given
@@ -64,18 +76,29 @@ async def create_response(body: ResponsesRequest, request: Request):
         if problem:
             error = {"code": problem.code, "message": problem.message}
         response = {**shell.snapshot(status, builder.output, end, error), **turn.fields()}
-        if body.store and status != "failed":
-            try:
-                store.save(response, conversation + builder.output)
-            except sqlite3.Error:
-                log.exception("could not store response %s", response["id"])
+        save(response)
         return response
 
+    def interrupted() -> None:
+        """The client left before the end: what was generated is stored as `incomplete`, so
+        that a continuation from it still works. Its usage is unknown (the turn never ended)."""
+        builder.finish(TurnEnd("length", turn.prompt_tokens, 0, 0))  # closes an open item as incomplete
+        response = {**shell.snapshot("incomplete", builder.output), **turn.fields(),
+                    "incomplete_details": {"reason": "interrupted"}}
+        save(response)
+
     if body.stream:
-        return StreamingResponse(_stream(turn, shell, builder, finished),
+        return StreamingResponse(_stream(turn, shell, builder, finished, interrupted),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    events, end = await turn.collect(request)
+    try:
+        events, end = await turn.collect(request)
+    except APIError as e:
+        if e.status == 499:  # the client hung up
+            for event in turn.collected:
+                builder.feed(event)
+            interrupted()
+        raise
     for event in events:
         builder.feed(event)
     builder.finish(end)
@@ -88,29 +111,39 @@ def _sse(event: dict, counter) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, finished):
+async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, finished, interrupted):
+    """The stream's events. A client that leaves closes this generator (GeneratorExit at a
+    yield) or cancels it (CancelledError at an await): either way the `finally` below runs,
+    without awaiting anything, and stores what was generated as incomplete."""
     counter = itertools.count()
-    yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
-    yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
-    end = None
+    done = False
     try:
-        async for event in turn.events:
-            if isinstance(event, TurnEnd):
-                end = event
-            else:
-                for out in builder.feed(event):
-                    yield _sse(out, counter)
-    except Exception as e:  # never a broken stream: the client gets response.failed
-        log.exception("the turn failed")
-        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error=str(e))
+        yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
+        yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
+        end = None
+        try:
+            async for event in turn.events:
+                if isinstance(event, TurnEnd):
+                    end = event
+                else:
+                    for out in builder.feed(event):
+                        yield _sse(out, counter)
+        except Exception as e:  # never a broken stream: the client gets response.failed
+            log.exception("the turn failed")
+            end = TurnEnd("error", turn.prompt_tokens, 0, 0, error=str(e))
+        finally:
+            turn.cancel()  # when the client left: free its place in the batch now
+        if end is None:
+            end = TurnEnd("error", turn.prompt_tokens, 0, 0, error="the generation ended without a result")
+        closing = builder.finish(end)
+        response = finished(end)  # stored before the client hears that it is done
+        done = True
+        for out in closing:
+            yield _sse(out, counter)
+        yield _sse({"type": LAST_EVENT[response["status"]], "response": response}, counter)
     finally:
-        turn.cancel()  # when the client left: free its place in the batch now
-    if end is None:
-        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error="the generation ended without a result")
-    for out in builder.finish(end):
-        yield _sse(out, counter)
-    response = finished(end)
-    yield _sse({"type": LAST_EVENT[response["status"]], "response": response}, counter)
+        if not done:
+            interrupted()
 
 
 @router.get("/v1/responses/{response_id}")
@@ -119,6 +152,50 @@ async def get_response(response_id: str, request: Request):
     if response is None:
         raise _not_found(response_id)
     return response
+
+
+def _listed(item: dict) -> dict:
+    """A stored input item as OpenAI lists it: messages with a type, their text as parts."""
+    if item.get("type", "message") != "message":
+        return item
+    content = item.get("content", "")
+    if isinstance(content, str):
+        kind = "output_text" if item.get("role") == "assistant" else "input_text"
+        content = [{"type": kind, "text": content}]
+    return {"id": item.get("id"), "type": "message", "role": item.get("role"), "content": content,
+            "status": item.get("status", "completed")}
+
+
+def _page(items: list[dict], cursor: str | None, param: str) -> list[dict]:
+    """The items after `cursor` (an item id) in the listing's order; 400 for an unknown id."""
+    if cursor is None:
+        return items
+    index = next((i for i, item in enumerate(items) if item.get("id") == cursor), None)
+    if index is None:
+        raise APIError(400, f"No input item with id {cursor!r} in this response.", param=param)
+    return items[index + 1:]
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(response_id: str, request: Request,
+                           limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                           order: Literal["asc", "desc"] = "desc",
+                           after: str | None = None, before: str | None = None):
+    """The items the response was generated from: the conversation it continued
+    (previous_response_id) and its own input, in OpenAI's list shape."""
+    items = _store(request).input_items(response_id)
+    if items is None:
+        raise _not_found(response_id)
+    items = [_listed(item) for item in items]
+    if order == "desc":
+        items.reverse()
+    items = _page(items, after, "after")
+    data = items[:limit]
+    if before is not None:  # the `limit` items just before it
+        items = list(reversed(_page(list(reversed(items)), before, "before")))
+        data = items[-limit:]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(items) > limit}
 
 
 @router.delete("/v1/responses/{response_id}")

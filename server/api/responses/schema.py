@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from server.plumbing.limits import AT_MOST_MAX_MESSAGES
+
 # Efforts OpenAI accepts for its own models, mapped onto harmony's three levels.
 EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
@@ -240,7 +242,7 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    input: list[InputItem] | None = None
+    input: Annotated[list[InputItem], AT_MOST_MAX_MESSAGES] | None = None
     instructions: str | None = None
     stream: bool = False
     store: bool = True

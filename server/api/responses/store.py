@@ -5,6 +5,16 @@ Each row keeps the response object as it was returned and the conversation it en
 of the stored conversation it continued, its own input items and its output items. Continuing
 from it needs that one row (instructions are not part of it, as with OpenAI). Requests with
 `store: false` are never written.
+
+Durability: WAL journal with synchronous=FULL. Each save is one transaction whose commit fsyncs
+the WAL, and a response is saved before its last event (or its body) is sent, so a response a
+client has seen finish is on disk: a killed server (kill -9) loses nothing it has answered, and
+neither does a power cut (NORMAL would be enough for a killed process, not for the machine going
+down; the price is one fsync per stored response, nothing next to generating it).
+
+Retention: `max_age_days` and `max_count` (0: unlimited) are applied when the store opens and
+with every save (both deletes use indexes); reads never return a response older than
+`max_age_days`, so an idle server doesn't serve expired ones either.
 """
 
 import json
@@ -12,6 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from models.paths import cache_dir
@@ -24,8 +35,10 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at INTEGER NOT NULL,
     response TEXT NOT NULL,      -- the response object, JSON
     conversation TEXT NOT NULL   -- the items a continuation starts from, JSON
-)
+);
+CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 """
+ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 
 def data_directory(setting: str) -> Path:
@@ -33,24 +46,45 @@ def data_directory(setting: str) -> Path:
     return Path(setting).expanduser() if setting else cache_dir() / "responses"
 
 
+def with_ids(items: list[dict]) -> list[dict]:
+    """The items, each with an id (input items a client sent without one get one, once: a
+    continuation keeps the ids of the conversation it continues)."""
+    return [item if item.get("id") else {**item, "id": f"{ID_PREFIXES.get(item.get('type'), 'item')}_{uuid.uuid4().hex}"}
+            for item in items]
+
+
 class ResponseStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_age_days: int = 0, max_count: int = 0):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_age_days, self.max_count = max_age_days, max_count
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
-        log.info("responses are stored in %s", path)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":  # e.g. a file system without shared memory
+            log.warning("the response store runs in journal mode %r, not WAL", mode)
+        self.journal_mode = mode.lower()
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        with self._lock:
+            removed = self._prune()
+        log.info("responses are stored in %s%s", path, f" ({removed} past retention removed)" if removed else "")
 
     def save(self, response: dict, conversation: list[dict]) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (id, created_at, response, conversation) VALUES (?, ?, ?, ?)",
-                (response["id"], response.get("created_at") or int(time.time()),
-                 json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO responses (id, created_at, response, conversation) VALUES (?, ?, ?, ?)",
+                    (response["id"], response.get("created_at") or int(time.time()),
+                     json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
+                )
+                self._prune()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def response(self, response_id: str) -> dict | None:
         row = self._row("response", response_id)
@@ -60,6 +94,17 @@ class ResponseStore:
         row = self._row("conversation", response_id)
         return json.loads(row) if row is not None else None
 
+    def input_items(self, response_id: str) -> list[dict] | None:
+        """The items the response was generated from, oldest first: the conversation it
+        continued and its own input (its conversation without its output)."""
+        with self._lock:
+            row = self._db.execute("SELECT response, conversation FROM responses WHERE id = ? AND created_at >= ?",
+                                   (response_id, self._oldest())).fetchone()
+        if row is None:
+            return None
+        output, conversation = json.loads(row[0]).get("output") or [], json.loads(row[1])
+        return conversation[:len(conversation) - len(output)]
+
     def delete(self, response_id: str) -> bool:
         with self._lock:
             return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
@@ -68,11 +113,29 @@ class ResponseStore:
         with self._lock:
             self._db.close()
 
+    def _oldest(self) -> int:
+        """created_at of the oldest response retention keeps (0: all)."""
+        return int(time.time()) - self.max_age_days * 86400 if self.max_age_days else 0
+
+    def _prune(self) -> int:
+        """Apply retention (the lock held). The newest max_count are kept, newest by when they
+        were stored (rowid order)."""
+        removed = 0
+        if self.max_age_days:
+            removed += self._db.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest(),)).rowcount
+        if self.max_count:
+            removed += self._db.execute(
+                "DELETE FROM responses WHERE rowid <= "
+                "(SELECT rowid FROM responses ORDER BY rowid DESC LIMIT 1 OFFSET ?)", (self.max_count,)).rowcount
+        return removed
+
     def _row(self, column: str, response_id: str):
         with self._lock:
-            row = self._db.execute(f"SELECT {column} FROM responses WHERE id = ?", (response_id,)).fetchone()
+            row = self._db.execute(f"SELECT {column} FROM responses WHERE id = ? AND created_at >= ?",
+                                   (response_id, self._oldest())).fetchone()
         return row[0] if row else None
 
 
 def open_store(settings) -> ResponseStore:
-    return ResponseStore(data_directory(settings.data_dir) / "responses.sqlite3")
+    return ResponseStore(data_directory(settings.data_dir) / "responses.sqlite3",
+                         settings.responses_max_age_days, settings.responses_max_count)
