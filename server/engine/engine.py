@@ -22,8 +22,9 @@ import threading
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache
+from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
@@ -47,6 +48,59 @@ class Finished:
 
 
 @dataclass
+class Scored:
+    """A generated token with its logprob and the top-N (id, logprob) alternatives: the
+    model's own log-softmax, before penalties, grammars, temperature and top-p/top-k."""
+
+    token: int
+    logprob: float
+    top: list  # [(token id, logprob)], most likely first
+
+
+class LogprobCapture:
+    """A logits processor, first in a generation's list, that keeps the raw log-softmax of
+    each step (and its top-N) for the token sampled from it. Its arrays are scheduled with
+    mx.async_eval beside the step's own, and read on the engine thread once the step's
+    token is delivered (already evaluated then): no extra host sync. Each call is one
+    sampled token, in order; the token is delivered one step later (mlx-lm's pipelining)."""
+
+    def __init__(self, top_n: int):
+        self.top_n = top_n
+        self.pending: list = []
+
+    def __call__(self, tokens, logits):
+        logprobs = logits.astype(mx.float32)
+        logprobs = (logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)).reshape(-1)
+        arrays = [logprobs]
+        if self.top_n:
+            top = mx.argpartition(-logprobs, kth=self.top_n - 1)[: self.top_n]
+            arrays.append(top)
+        mx.async_eval(*arrays)
+        self.pending.append(arrays)
+        return logits
+
+    def take(self, token: int) -> Scored:
+        arrays = self.pending.pop(0)
+        logprobs = np.asarray(arrays[0])
+        top = []
+        if self.top_n:
+            ids = np.asarray(arrays[1])
+            top = sorted(((int(i), float(logprobs[i])) for i in ids), key=lambda p: -p[1])
+        return Scored(token, float(logprobs[token]), top)
+
+
+@dataclass
+class ScoreJob:
+    """Score a token list: per position i > 0, the logprob of tokens[i] after tokens[:i]
+    and the top-N there. Run on the engine thread (all MLX work is)."""
+
+    tokens: list
+    top_n: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
 class Generation:
     """One request's generation, as the event loop sees it."""
 
@@ -61,6 +115,12 @@ class Generation:
     engine: "Engine | None" = None
     finished: bool = False
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache
+    logprobs: int | None = None  # top-N logprobs asked for each token (0: the token's own); None: none
+    scores: list = field(default_factory=list)  # Scored per delivered token, when logprobs is set
+    follow: "Generation | None" = None  # start once this one's prompt is read (n > 1: shared prefix)
+    followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
+    prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
+    capture: LogprobCapture | None = None
 
     def _deliver(self, item) -> None:
         # Called on the engine thread. A loop that is already closed (shutdown) has no one
@@ -74,6 +134,9 @@ class Generation:
         """Yields generated token ids, then one Finished."""
         while True:
             item = await self.output.get()
+            if isinstance(item, Scored):
+                self.scores.append(item)
+                item = item.token
             yield item
             if isinstance(item, Finished):
                 self.finished = True
@@ -121,12 +184,24 @@ class Engine:
         return len(self._active)
 
     def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams, boundaries=(),
-               processors=()) -> Generation:
+               processors=(), logprobs: int | None = None, follow: Generation | None = None) -> Generation:
+        """`logprobs`: also deliver each token's logprob and top-N (Generation.scores).
+        `follow`: a generation of the same prompt; this one starts when that one's prompt was
+        read, so that it starts from the prompt cache (n choices read the prompt once)."""
         generation = Generation(prompt, max_tokens, sampling, asyncio.get_running_loop(),
-                                boundaries=tuple(boundaries), processors=tuple(processors), engine=self)
+                                boundaries=tuple(boundaries), processors=tuple(processors), engine=self,
+                                logprobs=logprobs, follow=follow)
         self.waiting += 1
         self._commands.put(("submit", generation))
         return generation
+
+    async def score(self, tokens: list, top_n: int = 0) -> list:
+        """[(logprob of tokens[i], top-N [(id, logprob)])] for i >= 1: the model's log-softmax
+        over the prompt (one forward pass on the engine thread, no cache kept)."""
+        loop = asyncio.get_running_loop()
+        job = ScoreJob(list(tokens), top_n, loop.create_future(), loop)
+        self._commands.put(("score", job))
+        return await job.future
 
     def cache_stats(self) -> dict:
         cache = self.prompt_cache
@@ -163,7 +238,9 @@ class Engine:
             except Exception as e:
                 log.exception("generation step failed")
                 for generation in self._active.values():
-                    generation._deliver(Finished("error", str(e) or type(e).__name__))
+                    for waiting in [generation, *generation.followers]:
+                        waiting._deliver(Finished("error", str(e) or type(e).__name__))
+                    generation.followers = []
                 self._active.clear()
                 batch = self._new_batch()
                 continue
@@ -171,7 +248,11 @@ class Engine:
                 generation = self._active.get(response.uid)
                 if generation is None:
                     continue
-                generation._deliver(response.token)
+                generation._deliver(response.token if generation.capture is None
+                                    else generation.capture.take(response.token))
+                if not generation.prompt_read:
+                    generation.prompt_read = True
+                    self._release_followers(batch, generation)
                 if response.finish_reason is not None:
                     generation._deliver(Finished(response.finish_reason))
                     del self._active[response.uid]
@@ -201,11 +282,53 @@ class Engine:
                 return False
             if command == "submit":
                 self.waiting -= 1
-                self._insert(batch, generation)
+                leader = generation.follow
+                if leader is not None and not leader.prompt_read and (leader.uid in self._active
+                                                                      or leader.followers):
+                    leader.followers.append(generation)
+                else:
+                    self._insert(batch, generation)
+            elif command == "score":
+                self._score(generation)
             elif command == "cancel" and generation.uid in self._active:
                 batch.remove([generation.uid])
                 del self._active[generation.uid]
                 generation._deliver(Finished("cancelled"))
+                self._release_followers(batch, generation)
+
+    def _release_followers(self, batch: BatchGenerator, generation: Generation) -> None:
+        followers, generation.followers = generation.followers, []
+        for follower in followers:
+            self._insert(batch, follower)
+
+    def _score(self, job: ScoreJob) -> None:
+        try:
+            model, tokens, results = self.loaded.model, job.tokens, []
+            cache = make_prompt_cache(model)
+            step = max(1, self.settings.prefill_step_size)
+            for start in range(0, len(tokens) - 1, step):
+                chunk = tokens[start:start + step + 1]
+                logits = model(mx.array(chunk[:-1])[None], cache=cache)[0].astype(mx.float32)
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                targets = mx.array(chunk[1:])
+                picked = mx.take_along_axis(logprobs, targets[:, None], axis=-1)[:, 0]
+                arrays = [picked]
+                if job.top_n:
+                    ids = mx.argpartition(-logprobs, kth=job.top_n - 1, axis=-1)[:, : job.top_n]
+                    arrays += [ids, mx.take_along_axis(logprobs, ids, axis=-1)]
+                mx.eval(*arrays)
+                picked = picked.tolist()
+                tops = ([sorted(zip(i, v), key=lambda p: -p[1]) for i, v in
+                         zip(arrays[1].tolist(), arrays[2].tolist())] if job.top_n else [[] for _ in picked])
+                results.extend(zip(picked, tops))
+            outcome = (job.future.set_result, results)
+        except Exception as e:  # reported to the request; the engine goes on
+            log.exception("scoring failed")
+            outcome = (job.future.set_exception, e)
+        try:
+            job.loop.call_soon_threadsafe(lambda: job.future.done() or outcome[0](outcome[1]))
+        except RuntimeError:
+            pass
 
     def _keep(self, tokens: list, cache: list) -> None:
         if self.prompt_cache is not None and tokens:
@@ -242,6 +365,10 @@ class Engine:
             return
         prompt = generation.prompt
         cache, cached = self._cached_start(prompt)
+        processors = make_request_processors(generation.sampling) + list(generation.processors)
+        if generation.logprobs is not None:
+            generation.capture = LogprobCapture(generation.logprobs)
+            processors.insert(0, generation.capture)  # first: the raw logits, before penalties
         try:
             (uid,) = batch.insert_segments(
                 [self._segments(prompt, cached, generation.boundaries)],
@@ -249,11 +376,12 @@ class Engine:
                 all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
                 samplers=[make_request_sampler(generation.sampling)],
-                logits_processors=[make_request_processors(generation.sampling) + list(generation.processors)],
+                logits_processors=[processors],
             )
         except Exception as e:
             log.exception("could not start a generation")
             generation._deliver(Finished("error", str(e)))
+            self._release_followers(batch, generation)
             return
         generation.uid = uid
         generation.cached_tokens = cached
