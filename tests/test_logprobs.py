@@ -215,3 +215,18 @@ def test_bad_requests_are_400s(demo_server, path, body, param):
         assert error["param"] == param
     if param == "n":
         assert "max_n" in error["message"]
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_n_choices_read_the_prompt_once(demo_server):
+    """Choices 1..n-1 start from the prompt cache the first one left: all but its last token."""
+    body = chat_body(n=3, messages=[{"role": "system", "content": "A unique long instruction. " * 50},
+                                    {"role": "user", "content": "Hello?"}])
+    before = metric(demo_server, "swallow_prompt_cache_reused_tokens_total")
+    reply = post(demo_server, "/v1/chat/completions", body).json()
+    reused = metric(demo_server, "swallow_prompt_cache_reused_tokens_total") - before
+    assert reused >= 2 * (reply["usage"]["prompt_tokens"] - 1)
