@@ -230,3 +230,28 @@ def test_n_choices_read_the_prompt_once(demo_server):
     reply = post(demo_server, "/v1/chat/completions", body).json()
     reused = metric(demo_server, "swallow_prompt_cache_reused_tokens_total") - before
     assert reused >= 2 * (reply["usage"]["prompt_tokens"] - 1)
+
+
+def test_reasoning_answer_and_tool_arguments_are_separate_lists(scripted_server):
+    """On the scripted model (exact harmony replies): the analysis tokens' logprobs beside the
+    answer's, tool-call arguments in their own list, markup in none."""
+    from tests.scripts import JAPANESE_ANSWER, JAPANESE_REASONING, TOOL_ARGUMENTS
+
+    def joined(entries):
+        return b"".join(bytes(e["bytes"]) for e in entries).decode()
+
+    reply = post(scripted_server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is 2+2?"}], "logprobs": True}).json()
+    logprobs = reply["choices"][0]["logprobs"]
+    assert joined(logprobs["content"]) == JAPANESE_ANSWER
+    assert joined(logprobs["reasoning_content"]) == JAPANESE_REASONING
+    assert all(e["top_logprobs"] == [] for e in logprobs["content"])
+
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    reply = post(scripted_server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is the weather in Tokyo?"}], "tools": [weather],
+        "logprobs": True, "top_logprobs": 1}).json()
+    logprobs = reply["choices"][0]["logprobs"]
+    assert logprobs["content"] == []
+    assert joined(logprobs["tool_calls"]) == TOOL_ARGUMENTS
