@@ -7,10 +7,12 @@ from fastapi.responses import JSONResponse
 
 from models.loading import LoadedModel
 from server.api.chat import routes as chat
+from server.api.completions import routes as completions
 from server.api.messages import errors as messages_errors
 from server.api.messages import routes as messages
 from server.api.responses import routes as responses
 from server.api.responses.store import open_store
+from server.api.tokenize import routes as tokenize
 from server.config import Settings
 from server.engine.engine import Engine
 from server.plumbing import limits, metrics, middleware
@@ -47,6 +49,8 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     app.include_router(chat.router)
     app.include_router(responses.router)
     app.include_router(messages.router)
+    app.include_router(completions.router)
+    app.include_router(tokenize.router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)

@@ -59,6 +59,7 @@ class Settings(BaseModel):
     min_p: float = Field(0.0, ge=0, le=1)
     reasoning_effort: Literal["low", "medium", "high"] = "medium"
     max_tokens: int = Field(4096, ge=1)
+    max_n: int = Field(8, ge=1)  # most choices (`n`) one request may ask for
 
     # [reasoning]: reasoning budget and loop guard (server/engine/reasoning_control.py)
     reasoning_max_tokens: int = Field(0, ge=0)  # analysis tokens before the answer is opened; 0: no limit

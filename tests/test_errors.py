@@ -28,7 +28,8 @@ def assert_error(response, status=400, param=None):
 @pytest.mark.parametrize("body, param", [
     ({"messages": USER, "reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"messages": USER, "reasoning": {"effort": "max"}}, "reasoning.effort"),
-    ({"messages": USER, "n": 2}, None),
+    ({"messages": USER, "n": 99}, "n"),  # over max_n
+    ({"messages": USER, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ({"messages": []}, "messages"),
     ({}, "messages"),
     ({"messages": "hello"}, "messages"),

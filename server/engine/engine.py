@@ -43,6 +43,7 @@ from mlx_lm.sample_utils import greedy_sampler
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
+from server.engine.logprobs import LogprobCapture, Scored, ScoreJob, score_tokens
 from server.engine.memory import KVCost, cache_budget, measure_kv_cost
 from server.engine.sampling import (
     SamplingParams,
@@ -81,6 +82,12 @@ class Generation:
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache
     failure: str | None = None  # the request's own part (sampler, processor) failed: why
     reserved: int = 0  # tokens of KV cache admission holds for it (prompt + token limit)
+    logprobs: int | None = None  # top-N logprobs asked for each token (0: the token's own); None: none
+    scores: list = field(default_factory=list)  # Scored per delivered token, when logprobs is set
+    follow: "Generation | None" = None  # start once this one's prompt is read (n > 1: shared prefix)
+    followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
+    prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
+    capture: LogprobCapture | None = None
 
     def _deliver(self, item) -> None:
         """Queues an item for the event loop (engine thread); Engine._flush sends the step's lot."""
@@ -91,6 +98,9 @@ class Generation:
         """Yields generated token ids, then one Finished."""
         while True:
             for item in await self.output.get():  # what one engine step delivered
+                if isinstance(item, Scored):
+                    self.scores.append(item)
+                    item = item.token
                 yield item
                 if isinstance(item, Finished):
                     self.finished = True
@@ -170,16 +180,27 @@ class Engine:
                 param="max_tokens", code="kv_memory_exceeded")
 
     def submit(self, prompt: list, max_tokens: int, sampling: SamplingParams, boundaries=(),
-               processors=()) -> Generation:
+               processors=(), logprobs: int | None = None, follow: Generation | None = None) -> Generation:
+        """`logprobs`: also deliver each token's logprob and top-N (Generation.scores).
+        `follow`: a generation of the same prompt; this one starts when that one's prompt was
+        read, so that it starts from the prompt cache (n choices read the prompt once)."""
         generation = Generation(prompt, max_tokens, sampling, asyncio.get_running_loop(),
                                 boundaries=tuple(boundaries), processors=tuple(processors), engine=self,
-                                reserved=len(prompt) + max_tokens)
+                                reserved=len(prompt) + max_tokens, logprobs=logprobs, follow=follow)
         if self.dead is not None:
             generation.output.put_nowait([Finished("error", f"the engine is not running: {self.dead}")])
             return generation
         self._inbox += 1
         self._commands.put(("submit", generation))
         return generation
+
+    async def score(self, tokens: list, top_n: int = 0) -> list:
+        """[(logprob of tokens[i], top-N [(id, logprob)])] for i >= 1: the model's log-softmax
+        over the prompt (one forward pass on the engine thread, no cache kept)."""
+        loop = asyncio.get_running_loop()
+        job = ScoreJob(list(tokens), top_n, loop.create_future(), loop)
+        self._commands.put(("score", job))
+        return await job.future
 
     def cache_stats(self) -> dict:
         cache = self.prompt_cache
@@ -229,7 +250,9 @@ class Engine:
             except Exception as e:
                 log.exception("generation step failed")
                 for generation in self._active.values():
-                    generation._deliver(Finished("error", str(e) or type(e).__name__))
+                    for waiting in [generation, *generation.followers]:
+                        waiting._deliver(Finished("error", str(e) or type(e).__name__))
+                    generation.followers = []
                 self._active.clear()
                 self._flush()
                 batch = self._new_batch()
@@ -242,7 +265,11 @@ class Engine:
                 if generation.failure is not None:  # its own sampler or processor failed
                     self._end(batch, generation, Finished("error", generation.failure))
                     continue
-                generation._deliver(response.token)
+                generation._deliver(response.token if generation.capture is None
+                                    else generation.capture.take(response.token))
+                if not generation.prompt_read:
+                    generation.prompt_read = True
+                    self._release_followers(batch, generation)
                 if response.finish_reason is not None:
                     generation._deliver(Finished(response.finish_reason))
                     del self._active[response.uid]
@@ -255,14 +282,17 @@ class Engine:
         self.dead = reason
         ended = Finished("error", f"the engine stopped: {reason}")
         for generation in [*self._active.values(), *self._held]:
-            generation._deliver(ended)
+            for waiting in [generation, *generation.followers]:
+                waiting._deliver(ended)
         while True:  # what was submitted and not taken yet
             try:
-                command, generation = self._commands.get_nowait()
+                command, item = self._commands.get_nowait()
             except queue.Empty:
                 break
             if command == "submit":
-                generation._deliver(ended)
+                item._deliver(ended)
+            elif command == "score":
+                item.fail(RuntimeError(ended.error))
         self._active.clear()
         self._held.clear()
         self._flush()
@@ -288,6 +318,7 @@ class Engine:
         batch.remove([generation.uid])
         del self._active[generation.uid]
         generation._deliver(finished)
+        self._release_followers(batch, generation)
 
     def _new_batch(self) -> BatchGenerator:
         # A stream of this thread: mlx-lm's module-level stream belongs to the importing thread.
@@ -311,15 +342,38 @@ class Engine:
             if command == "stop":
                 return False
             if command == "submit":
-                self._held.append(generation)
                 self._inbox -= 1
-                self._admit(batch)
+                leader = generation.follow
+                if leader is not None and not leader.prompt_read and not leader.finished:
+                    leader.followers.append(generation)  # starts from the cache the leader's prompt leaves
+                else:
+                    self._held.append(generation)
+                    self._admit(batch)
+            elif command == "score":
+                self._score(generation)
             elif command == "cancel" and generation.uid in self._active:
                 self._end(batch, generation, Finished("cancelled"))
             elif command == "cancel" and generation in self._held:
                 self._held.remove(generation)
                 generation._deliver(Finished("cancelled"))
+                self._release_followers(batch, generation)
             self._flush()
+
+    def _release_followers(self, batch: BatchGenerator, generation: Generation) -> None:
+        """The generations waiting for this one's prompt go ahead (to admission)."""
+        followers, generation.followers = generation.followers, []
+        if followers:
+            self._held.extend(followers)
+            self._admit(batch)
+
+    def _score(self, job: ScoreJob) -> None:
+        try:
+            results = score_tokens(self.loaded.model, job.tokens, job.top_n, self.settings.prefill_step_size)
+        except Exception as e:  # reported to the request; the engine goes on
+            log.exception("scoring failed")
+            job.fail(e)
+            return
+        job.succeed(results)
 
     def _keep(self, tokens: list, cache: list) -> None:
         if self.prompt_cache is not None and tokens:
@@ -407,6 +461,10 @@ class Engine:
             return
         prompt = generation.prompt
         cache, cached = self._cached_start(prompt)
+        processors = make_request_processors(generation.sampling) + list(generation.processors)
+        if generation.logprobs is not None:
+            generation.capture = LogprobCapture(generation.logprobs)
+            processors.insert(0, generation.capture)  # first: the raw logits, before penalties
         try:
             (uid,) = batch.insert_segments(
                 [self._segments(prompt, cached, generation.boundaries)],
@@ -414,12 +472,12 @@ class Engine:
                 all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
                 samplers=[self._sampler(generation)],
-                logits_processors=[[self._guarded(generation, p, "logits processor")
-                                    for p in make_request_processors(generation.sampling) + list(generation.processors)]],
+                logits_processors=[[self._guarded(generation, p, "logits processor") for p in processors]],
             )
         except Exception as e:
             log.exception("could not start a generation")
             generation._deliver(Finished("error", str(e) or type(e).__name__))
+            self._release_followers(batch, generation)
             return
         generation.uid = uid
         generation.cached_tokens = cached

@@ -56,15 +56,21 @@ class ReplyParser:
         self._call_open = False
         self.reasoning_tokens = 0
         self.done = False  # a final answer or a tool call is complete: nothing more to wait for
+        self.last_kind: str | None = None  # what the last token fed was (see feed)
 
     def feed(self, token: int) -> list[Event]:
+        """The events of one more token. `last_kind` then says what the token was: text of
+        "reasoning", "content" or "tool_arguments", or None (markup: headers, special tokens)."""
+        self.last_kind = None
         if self._raw is not None:
+            self.last_kind = "content" if token < FIRST_SPECIAL_TOKEN else None
             return self._decode_raw([token])
         in_message, messages = self._parser.state == StreamState.CONTENT, len(self._parser.messages)
         try:
             self._parser.process(token)
         except HarmonyError as e:
             log.warning("reply left the harmony format (%s); delivering it as content", e)
+            self.last_kind = None if self._real_header() or token >= FIRST_SPECIAL_TOKEN else "content"
             return self._leave_format([token])
 
         events: list[Event] = []
@@ -73,6 +79,7 @@ class ReplyParser:
         if state == StreamState.HEADER:
             self._header.append(token)
             if len(self._header) > MAX_HEADER_TOKENS or not self._may_be_header():
+                self.last_kind = None if self._real_header() or token >= FIRST_SPECIAL_TOKEN else "content"
                 return self._leave_format([])
         else:
             self._header = []
@@ -81,6 +88,9 @@ class ReplyParser:
         in_message = in_message and state == StreamState.CONTENT and len(self._parser.messages) == messages
         if in_message and channel == "analysis" and not self._is_call(self._parser.current_recipient):
             self.reasoning_tokens += 1
+        if in_message and token < FIRST_SPECIAL_TOKEN:
+            self.last_kind = ("tool_arguments" if self._is_call(self._parser.current_recipient)
+                              else "reasoning" if channel == "analysis" else "content")
         delta = self._parser.last_content_delta
         if state == StreamState.CONTENT:
             events.extend(self._route(delta))

@@ -86,8 +86,11 @@ def _header(scope, name: bytes) -> bytes | None:
     return None
 
 
+TOKENIZER_PATHS = {"/tokenize", "/detokenize"}  # outside /v1 (vLLM's and llama.cpp's places), guarded alike
+
+
 def _is_api(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    return path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS
 
 
 async def send_error(send, scope, status: int, message: str, *, type: str = "invalid_request_error",

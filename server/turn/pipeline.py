@@ -17,7 +17,7 @@ APIErrors raised here; each API shapes them in its own error format.
 """
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.engine.sampling import SamplingParams
 from server.harmony import render as harmony
@@ -38,6 +38,7 @@ class TurnSpec:
     forced_tool: str | None = None  # None, ANY_TOOL, or the model name of the one tool to call
     stop: list[str] = field(default_factory=list)
     input_param: str = "messages"  # the request field named by a context-overflow error
+    logprobs: int | None = None  # top-N logprobs per generated token (0: the token's own); None: none
 
     @property
     def declared(self) -> list[str]:
@@ -84,6 +85,11 @@ def check_context(state, prompt_tokens: int, requested_max: int | None, param: s
     return min(wanted, state.context_length - prompt_tokens)
 
 
+def seeded(sampling: SamplingParams, index: int) -> SamplingParams:
+    """Choice `index`'s sampling: seed + index when a seed is given (else its own random one)."""
+    return replace(sampling, seed=None if sampling.seed is None else sampling.seed + index)
+
+
 def _header_choices(state, spec: TurnSpec, rendered: Rendered) -> list[list[int]]:
     """What may follow a forced prefix that stops before the tool's name: the rest of the
     header for each declared tool, so that a forced call always names a real one."""
@@ -95,30 +101,43 @@ def _header_choices(state, spec: TurnSpec, rendered: Rendered) -> list[list[int]
 
 
 class Turn:
-    def __init__(self, state, spec: TurnSpec, plan: reply_plan.Plan, rendered: Rendered, max_tokens: int):
+    def __init__(self, state, spec: TurnSpec, plan: reply_plan.Plan, rendered: Rendered, max_tokens: int,
+                 follow: "Turn | None" = None):
         self.spec, self.plan, self.max_tokens = spec, plan, max_tokens
         self.prompt_tokens = len(rendered.tokens)
         self.collected: list = []  # collect()'s events so far
         control = plan.control(state.encoding, rendered.prefix_tokens, max_tokens,
                                header_choices=_header_choices(state, spec, rendered))
         self.generation = state.engine.submit(rendered.tokens, max_tokens, spec.sampling,
-                                              [rendered.shared_head], processors=[control])
+                                              [rendered.shared_head], processors=[control],
+                                              logprobs=spec.logprobs,
+                                              follow=follow.generation if follow else None)
         self.events = plan.watch(run_turn(self.generation, state.encoding, spec.stop, rendered.prefix_tokens,
                                           declared=set(spec.declared)))
 
     @classmethod
     async def open(cls, state, spec: TurnSpec) -> "Turn":
+        return (await cls.open_many(state, spec, 1))[0]
+
+    @classmethod
+    async def open_many(cls, state, spec: TurnSpec, n: int) -> list["Turn"]:
+        """n turns of one prompt (n choices): rendered once; choice i > 0 starts when the
+        first one's prompt was read, from the prompt cache, and samples with seed + i."""
         if state.engine.dead is not None:
             raise APIError(503, f"The engine stopped ({state.engine.dead}); the server is exiting to be "
                                 "restarted.", type="server_error", code="engine_stopped")
         asked = spec.asked
         asked.has_stop = bool(spec.stop)
         asked.tools_active = bool(spec.prompt.tools)
-        plan = await reply_plan.prepare(asked, state)  # 400s for unusable schemas
+        plans = [await reply_plan.prepare(asked, state) for _ in range(n)]  # 400s for unusable schemas
         rendered = render(state, spec)
         max_tokens = check_context(state, len(rendered.tokens), spec.max_tokens, spec.input_param)
         state.engine.check_fits(len(rendered.tokens) + max_tokens)  # 400 when its KV cache never could
-        return cls(state, spec, plan, rendered, max_tokens)
+        turns = []
+        for i, plan in enumerate(plans):
+            choice = spec if i == 0 else replace(spec, sampling=seeded(spec.sampling, i))
+            turns.append(cls(state, choice, plan, rendered, max_tokens, follow=turns[0] if turns else None))
+        return turns
 
     def cancel(self) -> None:
         """Frees the generation's place in the batch (a client that left, a stream closed)."""
@@ -160,6 +179,45 @@ class Turn:
     def fields(self) -> dict:
         """Extra fields the APIs add to their reply (reasoning_stopped)."""
         return self.plan.fields()
+
+
+def check_n(state, n: int | None) -> int:
+    n = n or 1
+    if n > state.settings.max_n:
+        raise invalid_request(f"n: at most {state.settings.max_n} choices per request (the server's max_n)",
+                              param="n")
+    return n
+
+
+async def merged(streams):
+    """(index, item) from several async iterators as they come; each stream's order is kept."""
+    streams = list(streams)
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    out: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i, stream):
+        try:
+            async for item in stream:
+                await out.put((i, item))
+        finally:
+            await out.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item = await out.get()
+            if item is done:
+                left -= 1
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def with_heartbeat(events, seconds: float):

@@ -119,6 +119,8 @@ class Plan:
                     self._count(event)
                 elif event.kind == "reasoning" and self.asked.exclude:
                     continue
+                elif event.kind == "logprob" and event.channel == "reasoning" and self.asked.exclude:
+                    continue
                 elif event.kind == "content":
                     self.content.append(event.text)
                 elif event.kind == "tool_call":

@@ -1,7 +1,8 @@
 """The tokens of one generation -> what to send: harmony's parse, stop strings, undeclared calls.
 
 Run by the turn pipeline (pipeline.py) for every API. It yields `Event`s (reasoning, content, tool_call, tool_arguments)
-as the tokens come, then one `TurnEnd` with the finish reason and the token counts. Leaving
+as the tokens come (and, when the generation asked for logprobs, a `TokenLogprob` before the
+events of each text token), then one `TurnEnd` with the finish reason and the token counts. Leaving
 the iteration early (client gone, stop string found, answer complete) cancels the generation,
 which frees its place in the batch at once.
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from server.engine.engine import Finished, Generation
 from server.harmony.parse import Event, ReplyParser
 from server.plumbing import metrics
+from server.turn.logprobs import TokenLogprob
 
 
 @dataclass
@@ -97,6 +99,9 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
                 completion_tokens += 1
                 watch.token()
                 events = parser.feed(item)
+                if generation.logprobs is not None and parser.last_kind:
+                    scored = generation.scores[completion_tokens - 1]
+                    yield TokenLogprob(parser.last_kind, scored.token, scored.logprob, scored.top)
             for event in shown(events):
                 if event.kind == "content":
                     text, hit = stop.feed(event.text)

@@ -109,5 +109,6 @@ def turn_spec(body: ChatCompletionRequest, default_effort: str, sampling: Sampli
         messages=messages,
     )
     spec = TurnSpec(prompt, sampling, max_tokens=body.max_completion_tokens or body.max_tokens,
-                    asked=asked(body, names, bool(descriptions)), forced_tool=forced, stop=body.stop_strings())
+                    asked=asked(body, names, bool(descriptions)), forced_tool=forced, stop=body.stop_strings(),
+                    logprobs=(body.top_logprobs or 0) if body.logprobs else None)
     return spec, names

@@ -1,5 +1,7 @@
-"""POST /v1/chat/completions: stream and non-stream, reasoning split from the answer."""
+"""POST /v1/chat/completions: stream and non-stream, reasoning split from the answer; n
+choices, logprobs."""
 
+import asyncio
 import json
 import time
 import uuid
@@ -10,19 +12,26 @@ from fastapi.responses import StreamingResponse
 from server.api.chat.prompt import turn_spec
 from server.api.chat.schema import ChatCompletionRequest
 from server.state import ServerState, sampling_params
-from server.turn.pipeline import Turn
+from server.turn.logprobs import openai_entry
+from server.turn.pipeline import Turn, check_n, merged
 from server.turn.run import TurnEnd
 
 router = APIRouter()
 
+# Where a token's logprob goes in a choice's `logprobs`: the answer's tokens in `content`
+# (OpenAI's list), the analysis tokens beside it, tool-call arguments in a third list.
+LOGPROB_LISTS = {"content": "content", "reasoning": "reasoning_content", "tool_arguments": "tool_calls"}
 
-def _usage(end: TurnEnd) -> dict:
+
+def _usage(ends: list[TurnEnd]) -> dict:
+    prompt = ends[0].prompt_tokens  # the prompt is read once for all choices
+    completion = sum(end.completion_tokens for end in ends)
     return {
-        "prompt_tokens": end.prompt_tokens,
-        "completion_tokens": end.completion_tokens,
-        "total_tokens": end.prompt_tokens + end.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": end.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": end.reasoning_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": ends[0].cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": sum(end.reasoning_tokens for end in ends)},
     }
 
 
@@ -33,24 +42,43 @@ def _sse(payload: dict) -> str:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.server
+    n = check_n(state, body.n)
     spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
-    turn = await Turn.open(state, spec)
+    turns = await Turn.open_many(state, spec, n)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
+    top_n = spec.logprobs
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(turn, meta, names, include_usage),
+        return StreamingResponse(_stream(state, turns, meta, names, include_usage, top_n),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    events, end = await turn.collect(request)
-    turn.raise_for(end)
+    try:
+        results = await asyncio.gather(*(turn.collect(request) for turn in turns))
+    finally:
+        for turn in turns:
+            turn.cancel()
+    for turn, (_, end) in zip(turns, results):
+        turn.raise_for(end)
+    choices = []
+    for index, (turn, (events, end)) in enumerate(zip(turns, results)):
+        logprobs = _logprobs(state, events, top_n) if top_n is not None else None
+        choices.append({"index": index, "message": _message(events, names), "finish_reason": end.finish_reason,
+                        "logprobs": logprobs, **turn.fields()})
     return {
         **meta,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": _message(events, names), "finish_reason": end.finish_reason,
-                     "logprobs": None, **turn.fields()}],
-        "usage": _usage(end),
+        "choices": choices,
+        "usage": _usage([end for _, end in results]),
         "system_fingerprint": None,
     }
+
+
+def _logprobs(state, events, top_n: int) -> dict:
+    lists = {"content": [], "refusal": None}
+    for event in events:
+        if event.kind == "logprob":
+            lists.setdefault(LOGPROB_LISTS[event.channel], []).append(openai_entry(state.encoding, event, top_n))
+    return lists
 
 
 def _message(events, names) -> dict:
@@ -73,38 +101,52 @@ def _message(events, names) -> dict:
     return message
 
 
-async def _stream(turn: Turn, meta: dict, names, include_usage: bool):
+async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bool, top_n: int | None):
+    """Chunks of every choice as they come, each with its `index`. With logprobs, a chunk
+    carries the logprobs of the tokens generated since the choice's previous chunk."""
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
+    pending = [dict() for _ in turns]  # per choice: list name -> entries not yet sent
 
-    def chunk(delta: dict, finish_reason=None, extra: dict | None = None) -> str:
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None,
-                                          **(extra or {})}]})
+    def chunk(index: int, delta: dict, finish_reason=None, extra: dict | None = None) -> str:
+        logprobs = None
+        if top_n is not None:
+            logprobs, pending[index] = {"content": [], "refusal": None, **pending[index]}, {}
+        return _sse({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                                          "logprobs": logprobs, **(extra or {})}]})
 
-    yield chunk({"role": "assistant", "content": ""})
-    call_index = -1
+    for index in range(len(turns)):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    call_index = [-1] * len(turns)
+    ends: list[TurnEnd | None] = [None] * len(turns)
     try:
-        async for event in turn.events:
+        async for index, event in merged(turn.events for turn in turns):
             if isinstance(event, TurnEnd):
-                end = event
+                ends[index] = event
+                problem = turns[index].failure(event)
+                if problem is not None:  # a failed generation, or structured output that can't be given
+                    yield _sse(problem.body())
+                    yield "data: [DONE]\n\n"
+                    return
+                yield chunk(index, {}, event.finish_reason, turns[index].fields())
+            elif event.kind == "logprob":
+                name = LOGPROB_LISTS[event.channel]
+                pending[index].setdefault(name, []).append(openai_entry(state.encoding, event, top_n))
             elif event.kind == "reasoning":
-                yield chunk({"reasoning_content": event.text, "reasoning": event.text})
+                yield chunk(index, {"reasoning_content": event.text, "reasoning": event.text})
             elif event.kind == "content":
-                yield chunk({"content": event.text})
+                yield chunk(index, {"content": event.text})
             elif event.kind == "tool_call":
-                call_index += 1
-                yield chunk({"tool_calls": [{
-                    "index": call_index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                call_index[index] += 1
+                yield chunk(index, {"tool_calls": [{
+                    "index": call_index[index], "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                     "function": {"name": names.client_name(event.text), "arguments": ""},
                 }]})
             elif event.kind == "tool_arguments":
-                yield chunk({"tool_calls": [{"index": call_index, "function": {"arguments": event.text}}]})
+                yield chunk(index, {"tool_calls": [{"index": call_index[index],
+                                                    "function": {"arguments": event.text}}]})
     finally:
-        turn.cancel()  # when the client left: free its place in the batch now
-    problem = turn.failure(end)
-    if problem is not None:  # a failed generation, or structured output that can't be given
-        yield _sse(problem.body())
-    else:
-        yield chunk({}, end.finish_reason, turn.fields())
-        if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(end)})
+        for turn in turns:
+            turn.cancel()  # when the client left: free its place in the batch now
+    if include_usage:
+        yield _sse({**base, "choices": [], "usage": _usage(ends)})
     yield "data: [DONE]\n\n"

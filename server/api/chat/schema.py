@@ -134,7 +134,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    n: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None  # up to the configured max_n (checked by the route)
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     reasoning_effort: Effort | None = None
     reasoning: ReasoningOptions | None = None
     tools: list[Tool] | None = None
@@ -144,8 +146,8 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.n not in (None, 1):
-            raise ValueError("n: only n=1 is supported")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stops) > 4 or any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
             raise ValueError(f"stop: up to 4 non-empty strings of at most {MAX_STOP_LENGTH} characters")

@@ -18,6 +18,7 @@ import uuid
 
 from server.api.responses.prompt import ToolSet, encrypt_reasoning
 from server.harmony.parse import Event
+from server.turn.logprobs import openai_entry
 from server.turn.run import TurnEnd
 
 
@@ -29,14 +30,22 @@ KINDS = {"reasoning": "reasoning", "content": "message", "tool_call": "function_
 
 
 class OutputBuilder:
-    def __init__(self, tools: ToolSet, encrypted_reasoning: bool):
+    def __init__(self, tools: ToolSet, encrypted_reasoning: bool, encoding=None, top_logprobs: int | None = None):
         self.tools = tools
         self.encrypted_reasoning = encrypted_reasoning
         self.output: list[dict] = []  # finished items
         self._item: dict | None = None  # the item being generated
         self._text: list[str] = []
+        # include ["message.output_text.logprobs"]: the answer's token logprobs, top-N each
+        self.encoding, self.top_logprobs = encoding, top_logprobs
+        self._pending: list[dict] = []  # logprobs of answer tokens whose text is not sent yet
+        self._logprobs: list[dict] = []  # of the message being generated
 
     def feed(self, event: Event) -> list[dict]:
+        if event.kind == "logprob":
+            if event.channel == "content" and self.top_logprobs is not None:
+                self._pending.append(openai_entry(self.encoding, event, self.top_logprobs))
+            return []
         kind = KINDS.get(event.kind)
         if kind is None:
             return []
@@ -85,8 +94,10 @@ class OutputBuilder:
         if kind == "reasoning":
             return [{"type": "response.reasoning_text.delta", **self._where(), "content_index": 0, "delta": text}]
         if kind == "message":
+            logprobs, self._pending = self._pending, []
+            self._logprobs += logprobs
             return [{"type": "response.output_text.delta", **self._where(), "content_index": 0, "delta": text,
-                     "logprobs": []}]
+                     "logprobs": logprobs}]
         return [{"type": "response.function_call_arguments.delta", **self._where(), "delta": text}]
 
     def _close(self, status: str) -> list[dict]:
@@ -100,10 +111,13 @@ class OutputBuilder:
                 item["encrypted_content"] = encrypt_reasoning(text)
             events = [{"type": "response.reasoning_text.done", **where, "content_index": 0, "text": text}]
         elif item["type"] == "message":
-            item["content"] = [_text_part(text)]
+            logprobs, self._pending, self._logprobs = self._logprobs + self._pending, [], []
+            item["content"] = [_text_part(text, logprobs)]
             events = [
-                {"type": "response.output_text.done", **where, "content_index": 0, "text": text, "logprobs": []},
-                {"type": "response.content_part.done", **where, "content_index": 0, "part": _text_part(text)},
+                {"type": "response.output_text.done", **where, "content_index": 0, "text": text,
+                 "logprobs": logprobs},
+                {"type": "response.content_part.done", **where, "content_index": 0,
+                 "part": _text_part(text, logprobs)},
             ]
         else:
             item["arguments"] = text
@@ -116,8 +130,8 @@ class OutputBuilder:
         return events
 
 
-def _text_part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _text_part(text: str, logprobs: list | None = None) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 def output_text(output: list[dict]) -> str:

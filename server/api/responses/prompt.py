@@ -191,5 +191,5 @@ def turn_spec(body: ResponsesRequest, history: list, default_effort: str,
     )
     spec = TurnSpec(prompt, sampling, max_tokens=body.max_output_tokens,
                     asked=asked(body, tools, bool(tools.descriptions)), forced_tool=tools.forced,
-                    input_param="input")
+                    input_param="input", logprobs=body.logprobs())
     return spec, tools

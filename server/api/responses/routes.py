@@ -58,7 +58,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     spec, tools = turn_spec(body, history, settings.reasoning_effort, sampling_params(body, settings))
     turn = await Turn.open(state, spec)
     shell = ResponseShell(body, state.model_id, spec.prompt.effort, spec.sampling)
-    builder = OutputBuilder(tools, body.wants_encrypted_reasoning())
+    builder = OutputBuilder(tools, body.wants_encrypted_reasoning(), state.encoding, spec.logprobs)
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
     def save(response: dict) -> None:

@@ -260,6 +260,7 @@ class ResponsesRequest(BaseModel):
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     seed: int | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     metadata: dict[str, str] | None = None
     text: TextOptions | None = None
     background: bool | None = None
@@ -283,6 +284,10 @@ class ResponsesRequest(BaseModel):
     def effort(self, default: str) -> str:
         chosen = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)
         return EFFORTS[chosen] if chosen else default
+
+    def logprobs(self) -> int | None:
+        """Top-N logprobs per answer token, with include ["message.output_text.logprobs"]."""
+        return (self.top_logprobs or 0) if "message.output_text.logprobs" in (self.include or []) else None
 
     def wants_encrypted_reasoning(self) -> bool:
         return "reasoning.encrypted_content" in (self.include or [])
