@@ -9,7 +9,7 @@ import threading
 from models.errors import ModelError
 from server.config import DEFAULT_MODEL, ConfigError, load_settings
 
-ENGINE_DEATH_GRACE = 1.0  # seconds between the engine's death and the exit
+ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
 SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
 
 

@@ -165,7 +165,8 @@ class Engine:
 
     def memory_stats(self) -> dict:
         return {"kv_budget_bytes": self.kv_budget, "kv_budget_from": self.kv_budget_source,
-                "kv_reserved_bytes": self._reserved_bytes(), "waiting_for_memory": self.waiting_for_memory}
+                "kv_reserved_bytes": self._reserved_bytes(), "waiting_for_memory": self.waiting_for_memory,
+                "mlx_active_bytes": mx.get_active_memory()}
 
     def check_fits(self, tokens: int) -> None:
         """400 for a request whose KV cache could never fit, not even alone."""

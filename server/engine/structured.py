@@ -50,6 +50,28 @@ _tokenizers: dict[str, object] = {}
 _lock = threading.Lock()
 
 
+def within_vocabulary(tokenizer_json: str, vocab_size: int) -> str:
+    """The tokenizer.json without entries past the model's vocabulary (seen in the wild: added
+    tokens with ids the embedding doesn't have). The model can never generate those, and the
+    grammar engine refuses a tokenizer larger than the vocabulary it masks."""
+    data = json.loads(tokenizer_json)
+    added = data.get("added_tokens") or []
+    vocab = (data.get("model") or {}).get("vocab")
+    beyond = [t for t in added if t.get("id", 0) >= vocab_size]
+    if isinstance(vocab, dict):
+        beyond_vocab = {k for k, v in vocab.items() if v >= vocab_size}
+    else:
+        beyond_vocab = set()
+    if not beyond and not beyond_vocab:
+        return tokenizer_json
+    log.warning("tokenizer.json has %d entries past the model's vocabulary of %d; the grammar engine "
+                "leaves them out", len(beyond) + len(beyond_vocab), vocab_size)
+    data["added_tokens"] = [t for t in added if t.get("id", 0) < vocab_size]
+    if beyond_vocab:
+        data["model"]["vocab"] = {k: v for k, v in vocab.items() if k not in beyond_vocab}
+    return json.dumps(data, ensure_ascii=False)
+
+
 def _build_tokenizer(tokenizer_json: Path, vocab_size: int):
     import llguidance
 
@@ -57,8 +79,13 @@ def _build_tokenizer(tokenizer_json: Path, vocab_size: int):
         key = str(tokenizer_json)
         if key not in _tokenizers:
             log.info("building the grammar engine's tokenizer from %s", tokenizer_json)
-            _tokenizers[key] = llguidance.LLTokenizer(tokenizer_json.read_text(), n_vocab=vocab_size,
-                                                      eos_token=RETURN)
+            text = within_vocabulary(tokenizer_json.read_text(), vocab_size)
+            try:
+                _tokenizers[key] = llguidance.LLTokenizer(text, n_vocab=vocab_size, eos_token=RETURN)
+            except ValueError as e:
+                raise APIError(400, f"Structured output is not available for this model: its tokenizer.json "
+                                    f"does not fit its vocabulary ({e}).", param="response_format",
+                               code="structured_output_unavailable") from e
         return _tokenizers[key]
 
 
