@@ -30,6 +30,7 @@ server then answers 503 and exits non-zero).
 """
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -88,6 +89,10 @@ class Generation:
     followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
     prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
     capture: LogprobCapture | None = None
+
+    @functools.cached_property
+    def watchers(self) -> list:
+        return [p for p in self.processors if hasattr(p, "deliver")]
 
     def _deliver(self, item) -> None:
         """Queues an item for the event loop (engine thread); Engine._flush sends the step's lot."""
@@ -266,6 +271,8 @@ class Engine:
                 if generation.failure is not None:  # its own sampler or processor failed
                     self._end(batch, generation, Finished("error", generation.failure))
                     continue
+                for watcher in generation.watchers:  # processors that follow the tokens (ReplyControl)
+                    watcher.deliver(response.token)
                 generation._deliver(response.token if generation.capture is None
                                     else generation.capture.take(response.token))
                 if not generation.prompt_read:

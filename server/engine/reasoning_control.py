@@ -5,7 +5,13 @@
 call the newest token is the prompt's last one (`<|start|>assistant`, or the end of a forced
 prefix), on every later call it is the token generated at the step before. The control feeds
 each generated token to its own harmony StreamableParser (non-strict), so it knows the channel
-and the recipient of the message being written, and shapes the next token's logits:
+and the recipient of the message being written, and shapes the next token's logits.
+
+It costs nothing per token while nothing can be forced: the engine hands it each token after
+its step (`deliver`), and the processor returns the logits untouched unless it is armed (a
+forced format or a grammar, a budget within two tokens, a loop guard within two tokens of
+firing, forcing under way). Armed, it reads the newest token from the context (a host sync,
+which would stop MLX from overlapping one step with the next) and shapes the logits exactly.
 
 - forcing: a queue of tokens to emit as if the model had written them (every other logit
   -inf). Ending the analysis is `<|end|><|start|>assistant<|channel|>final<|message|>`.
@@ -78,6 +84,10 @@ class LoopDetector:
         self._runs = np.zeros(n, dtype=np.int64)
         self.seen = 0
 
+    def close(self, margin: int) -> bool:
+        """Whether `margin` more repeating tokens could make a loop."""
+        return bool((self._runs + margin >= self._needed).any())
+
     def feed(self, token: int) -> bool:
         """Add a token; True when the text now ends in a loop."""
         self._runs = np.where(self._recent == token, self._runs + 1, 0)
@@ -122,6 +132,9 @@ class ReplyControl:
         self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
         self._queue: deque[int] = deque()
         self._calls = 0
+        self._prompt_length: int | None = None  # the context's length at the first call
+        self._generated = 0  # generated tokens observed
+        self._delivered = 0  # generated tokens the engine handed over
         self._broken = False
         self.budget = budget
         self.detector = LoopDetector(loop) if loop else None
@@ -144,23 +157,56 @@ class ReplyControl:
         # the ways a forced call's header may go on (one per declared tool), and its tokens so far
         self._header_choices = [list(c) for c in header_choices]
         self._header: list[int] = []
+        # shaping every token: forced formats, and grammars (a message may start at any token)
+        self._always = force_final or start_with_final or bool(final_grammar) or bool(self.tool_grammars)
 
     # ---- the processor -------------------------------------------------------------
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         try:
-            if self._calls:
-                token = int(tokens[-1].item())
-                if self._header_choices:
-                    self._header.append(token)
-                self._observe(token)
             self._calls += 1
+            if self._prompt_length is None:  # the first call: the context is the prompt alone
+                self._prompt_length = tokens.shape[-1]
+            if not self._armed():
+                return logits  # nothing can be forced at the next token: no sync, no work
+            missing = tokens.shape[-1] - self._prompt_length - self._generated
+            if missing > 0:  # the newest token(s), not delivered yet: read them (a host sync)
+                for token in tokens[-missing:].tolist():
+                    self._generated_token(token)
             return self._shape(logits)
         except Exception as e:  # never into the batch step
-            log.exception("reply control failed; the reply goes on unconstrained")
-            self.error = self.error or f"reply control failed: {e}"
-            self._stop_controlling()
+            self._fail(e)
             return logits
+
+    def deliver(self, token: int) -> None:
+        """The engine hands over each generated token after its step (engine thread), so the
+        state is kept without a host sync; the processor reads only what is newer than this."""
+        try:
+            self._delivered += 1
+            if self._delivered > self._generated:
+                self._generated_token(token)
+        except Exception as e:  # never into the engine
+            self._fail(e)
+
+    def _generated_token(self, token: int) -> None:
+        self._generated += 1
+        if self._header_choices:
+            self._header.append(token)
+        self._observe(token)
+
+    def _armed(self) -> bool:
+        """Whether the next token may have to be shaped. Two tokens of margin: when the
+        processor runs for token n, the engine has delivered up to n - 2."""
+        if self._broken:
+            return False
+        return bool(self._always or self._queue or self._guide is not None or self._header_choices or self._looping
+                    or (self.budget is not None and self.analysis_tokens + 2 >= self.budget)
+                    or (self.detector is not None and self.detector.close(2)))
+
+    def _fail(self, error: Exception) -> None:
+        log.exception("reply control failed; the reply goes on unconstrained", exc_info=error)
+        self.error = self.error or f"reply control failed: {error}"
+        self._stop_controlling()
 
     def _stop_controlling(self) -> None:
         self._broken = True
