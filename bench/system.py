@@ -31,6 +31,8 @@ def blas_env(openblas: str | None) -> dict:
         env["LD_PRELOAD"] = " ".join(preload)
     else:
         env.pop("LD_PRELOAD", None)
+    # swallow-server preloads OpenBLAS itself when it finds it: "off" must say so
+    env["SWALLOW_OPENBLAS"] = "true" if openblas else "false"
     return env
 
 

@@ -36,6 +36,9 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrency", type=int, help="requests generating at once "
                         "(default: the max_batch_size setting)")
     parser.add_argument("--max-queue", type=int, help="requests waiting for a slot; more get 429 (default 64)")
+    parser.add_argument("--no-openblas", dest="openblas", action="store_false", default=None,
+                        help="on Linux without a GPU, keep the mlx wheel's reference BLAS instead of preloading "
+                        "Debian's OpenBLAS (libopenblas0-pthread) when it is installed")
     return parser
 
 
@@ -49,6 +52,10 @@ def serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("swallow.server")
+
+    from server.blas import blas_in_use, preload_openblas
+
+    preload_openblas(settings.openblas)  # may start this process again, with OpenBLAS loaded
 
     # Find (or download) and check the model before the heavy imports: a bad --model fails at once.
     from models.loading import prepare_model
@@ -71,6 +78,7 @@ def serve(argv: list[str]) -> int:
     except ModelError as e:
         print(f"swallow-server: {e}", file=sys.stderr)
         return 1
+    log.info("BLAS: %s", blas_in_use())
     app = create_app(settings, engine, loaded)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,

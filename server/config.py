@@ -72,6 +72,7 @@ class Settings(BaseModel):
     max_batch_size: int = Field(16, ge=1)
     prefill_step_size: int = Field(2048, ge=16)
     prompt_cache_mb: int = Field(2048, ge=0)  # 0: no prompt cache
+    openblas: bool = True  # Linux CPU: preload Debian's OpenBLAS when installed (server/blas.py)
     kv_memory_mb: int = Field(0, ge=0)  # memory for KV caches; 0: what the machine has (engine/memory.py)
 
     # [responses]

@@ -103,3 +103,26 @@ def test_seed_is_reproducible_inside_a_busy_batch(demo_server):
 
     alone, together = asyncio.run(alone_then_together())
     assert together[0] == alone and together[3] == alone
+
+
+# ---- the Linux CPU fast path (server/blas.py) ---------------------------------------------
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Debian's OpenBLAS is a Linux matter")
+def test_openblas_is_preloaded_when_installed_and_not_with_no_openblas(start_server):
+    from server.blas import find_openblas
+
+    if find_openblas() is None:
+        pytest.skip("OPENBLAS TEST SKIPPED: libopenblas0-pthread is not installed (apt install libopenblas0-pthread)")
+    env = {"SWALLOW_TEMPERATURE": "0"}
+    fast = start_server(["--model", "demo"], env=env)
+    assert "/openblas-pthread/" in open(f"/proc/{fast.process.pid}/maps").read()
+    assert "BLAS: OpenBLAS" in fast.log()
+    plain = start_server(["--model", "demo", "--no-openblas"], env=env)
+    assert "/openblas-pthread/" not in open(f"/proc/{plain.process.pid}/maps").read()
+    assert "BLAS: the reference BLAS" in plain.log()
+    for server in (fast, plain):  # both answer
+        reply = server.client().chat.completions.create(model="m", max_tokens=5,
+                                                        messages=[{"role": "user", "content": "hi"}])
+        assert reply.usage.completion_tokens > 0
+    fast.stop()
+    plain.stop()
