@@ -7,6 +7,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,8 +168,10 @@ class Swallow(Server):
                 "--log-level", "warning"]
 
     def extra_env(self) -> dict:
-        # Greedy, and room for 16 streams at once (the defaults, spelled out).
-        return {"SWALLOW_TEMPERATURE": "0", "SWALLOW_MAX_BATCH_SIZE": "16", "SWALLOW_MAX_CONCURRENCY": "16"}
+        # Greedy, and room for 16 streams at once (the defaults, spelled out); a data_dir of its own,
+        # so no stored response or prompt-cache snapshot of another run is found there.
+        return {"SWALLOW_TEMPERATURE": "0", "SWALLOW_MAX_BATCH_SIZE": "16", "SWALLOW_MAX_CONCURRENCY": "16",
+                "SWALLOW_DATA_DIR": tempfile.mkdtemp(prefix="swallow-bench-data-")}
 
 
 class MlxLmServer(Server):

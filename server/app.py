@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from models.loading import LoadedModel
+from models.vocab import token_vocabulary
 from server.api.chat import routes as chat
 from server.api.completions import routes as completions
 from server.api.messages import errors as messages_errors
@@ -38,6 +39,7 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
         context_length=settings.context_length or loaded.context_length,
     )
     limits.configure(settings)  # max_messages, checked as requests are parsed
+    token_vocabulary()  # the reply parser's byte table (~0.3 s to build): now, not in a first request
     install_error_handlers(app)
     document_errors(app)
     # Auth, CORS, body limit, admission (max_concurrency / max_queue), request log, /metrics.

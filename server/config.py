@@ -70,8 +70,10 @@ class Settings(BaseModel):
 
     # [engine]
     max_batch_size: int = Field(16, ge=1)
-    prefill_step_size: int = Field(2048, ge=16)
+    prefill_step_size: int = Field(256, ge=16)  # prompt tokens per step between decode steps (bench.prefill)
     prompt_cache_mb: int = Field(2048, ge=0)  # 0: no prompt cache
+    prompt_cache_disk_mb: int = Field(4096, ge=0)  # snapshots of long shared prefixes on disk; 0: none
+    prompt_cache_disk_min_tokens: int = Field(1024, ge=1)  # the shortest prefix worth a snapshot
     openblas: bool = True  # Linux CPU: preload Debian's OpenBLAS when installed (server/blas.py)
     kv_memory_mb: int = Field(0, ge=0)  # memory for KV caches; 0: what the machine has (engine/memory.py)
 

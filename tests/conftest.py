@@ -104,6 +104,8 @@ def start_server(tmp_path_factory, cache_dir):
 
     def start(args: list[str], env: dict | None = None) -> RunningServer:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
+        # a data_dir of its own (stored responses, prompt-cache snapshots) unless the test shares one
+        env = {"SWALLOW_DATA_DIR": str(log_path.parent / "data"), **(env or {})}
         server = RunningServer(args, log_path, env)
         servers.append(server)
         return server

@@ -31,3 +31,25 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
     assert raw["decode_tps"] > 0
     assert "mlx" not in result["results"]  # skipped
     assert result["quantized"] == {}  # the demo model is not quantized
+
+
+def run_bench(module: str, args: list, cache_dir) -> str:
+    done = subprocess.run([sys.executable, "-m", module, "--model", "demo", "--skip-mlx-server", *args],
+                          cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_prefill_bench_measures_the_gap_for_each_chunk_size(cache_dir):
+    out = run_bench("bench.prefill", ["--chunks", "64,512", "--prompt-tokens", "600", "--streams", "2",
+                                      "--reply-tokens", "150"], cache_dir)
+    assert "| swallow-server, chunk 64 |" in out and "| swallow-server, chunk 512 |" in out
+    assert "Targets: gap" in out
+
+
+def test_restart_bench_compares_turn_1_after_a_restart(cache_dir):
+    out = run_bench("bench.restart", ["--prefix-tokens", "1200"], cache_dir)
+    row = next(line for line in out.splitlines() if line.startswith("| swallow-server |"))
+    cached = int(row.rstrip(" |").split("|")[-1])
+    assert cached > 1000  # the prefix came back from disk

@@ -36,6 +36,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
@@ -43,7 +44,9 @@ from mlx_lm.models.cache import LRUPromptCache
 from mlx_lm.sample_utils import greedy_sampler
 
 from models.loading import LoadedModel, load_model
+from models.paths import cache_dir
 from server.config import Settings
+from server.engine.disk_cache import DiskCache
 from server.engine.logprobs import LogprobCapture, Scored, ScoreJob, score_tokens
 from server.engine.memory import KVCost, cache_budget, measure_kv_cost
 from server.engine.sampling import (
@@ -137,6 +140,7 @@ class Engine:
         self.kv_budget_source = ""
         budget = settings.prompt_cache_mb * 2**20
         self.prompt_cache = LRUPromptCache(max_size=256, max_bytes=budget) if budget > 0 else None
+        self.disk_cache: DiskCache | None = None  # snapshots of long shared prefixes (disk_cache.py)
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -243,9 +247,41 @@ class Engine:
                 raise
         self.loaded = None
 
+    def _open_disk_cache(self) -> None:
+        settings = self.settings
+        if self.prompt_cache is None or settings.prompt_cache_disk_mb <= 0:
+            return
+        root = (Path(settings.data_dir).expanduser() if settings.data_dir else cache_dir()) / "prompt-cache"
+        try:
+            self.disk_cache = DiskCache(root, self.loaded.path, settings.prompt_cache_disk_mb * 2**20,
+                                        settings.prompt_cache_disk_min_tokens)
+        except OSError as e:
+            log.warning("prompt cache: no snapshots on disk (%s)", e)
+            return
+        loaded = 0
+        for tokens, cache in self.disk_cache.load_all(self.prompt_cache.max_bytes):
+            self.prompt_cache.insert_cache(CACHE_KEY, tokens, cache)
+            loaded += 1
+        log.info("prompt cache: %d snapshot(s) loaded from %s", loaded, self.disk_cache.dir)
+
+    def _warm_up(self, batch: BatchGenerator) -> None:
+        """One token through the batch, before any request: the first request's own costs (buffers,
+        kernels) are paid here rather than in its time to first token."""
+        (uid,) = batch.insert([[200006, 200006]], max_tokens=[1])
+        while any(r.uid == uid and r.finish_reason for r in batch.next()[1]) is False:
+            pass
+
     def _serve(self) -> None:
+        self._open_disk_cache()
         batch = self._new_batch()
+        try:
+            self._warm_up(batch)
+        except Exception:  # a model that can't run one token fails its first request with the reason
+            log.exception("warming up failed")
+            batch = self._new_batch()
         while True:
+            if not self._active and self.disk_cache is not None and self.disk_cache.has_pending:
+                self.disk_cache.write_pending()  # idle: nothing waits for this thread
             if not self._apply_commands(batch, block=not self._active):
                 break
             if not self._active:
@@ -395,8 +431,12 @@ class Engine:
         if self.prompt_cache is None:
             return
         uids = [r.uid for r in prompt_responses if r.end_of_segment and not r.end_of_prompt]
-        for cache, tokens in batch.extract_cache(uids).values():
+        for uid, (cache, tokens) in batch.extract_cache(uids).items():
             self._keep(tokens, cache)
+            generation = self._active.get(uid)
+            # the system + developer part, shared by an agent's requests: worth keeping on disk
+            if self.disk_cache is not None and generation is not None and len(tokens) in generation.boundaries:
+                self.disk_cache.offer(list(tokens), cache)
 
     def _cached_start(self, prompt: list) -> tuple[list | None, int]:
         """The nearest cached prefix: (its cache, how many prompt tokens it covers). At least
