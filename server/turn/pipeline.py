@@ -17,6 +17,7 @@ APIErrors raised here; each API shapes them in its own error format.
 """
 
 import asyncio
+import logging
 from dataclasses import dataclass, field, replace
 
 from server.engine.sampling import SamplingParams
@@ -26,6 +27,7 @@ from server.plumbing.errors import APIError, invalid_request
 from server.turn import plan as reply_plan
 from server.turn.run import TurnEnd, run_turn
 
+log = logging.getLogger("swallow.turn")
 ANY_TOOL = "any"  # forced_tool: the reply must call one of the declared tools
 
 
@@ -112,8 +114,9 @@ class Turn:
                                               [rendered.shared_head], processors=[control],
                                               logprobs=spec.logprobs,
                                               follow=follow.generation if follow else None)
-        self.events = plan.watch(run_turn(self.generation, state.encoding, spec.stop, rendered.prefix_tokens,
-                                          declared=set(spec.declared)))
+        parsed = run_turn(self.generation, state.encoding, spec.stop, rendered.prefix_tokens,
+                          declared=set(spec.declared))
+        self.events = self._always_ending(plan.watch(parsed))
 
     @classmethod
     async def open(cls, state, spec: TurnSpec) -> "Turn":
@@ -138,6 +141,21 @@ class Turn:
             choice = spec if i == 0 else replace(spec, sampling=seeded(spec.sampling, i))
             turns.append(cls(state, choice, plan, rendered, max_tokens, follow=turns[0] if turns else None))
         return turns
+
+    async def _always_ending(self, events):
+        """The turn's events, closed by exactly one TurnEnd whatever happens: an exception in
+        the turn becomes an "error" end, so a stream always ends in its API's own way."""
+        ended = False
+        try:
+            async for event in events:
+                ended = ended or isinstance(event, TurnEnd)
+                yield event
+            error = "the generation ended without a result"
+        except Exception as e:
+            log.exception("the turn failed")
+            error = str(e) or type(e).__name__
+        if not ended:
+            yield TurnEnd("error", self.prompt_tokens, 0, 0, error=error)
 
     def cancel(self) -> None:
         """Frees the generation's place in the batch (a client that left, a stream closed)."""

@@ -55,9 +55,8 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
              "usage": usage(None, turn.prompt_tokens)}
     yield _sse({"type": "message_start", "message": start})
     yield _sse({"type": "ping"})
-    end = None
     try:
-        async for event in with_heartbeat(turn.events, PING_SECONDS):
+        async for event in with_heartbeat(turn.events, PING_SECONDS):  # closed by a TurnEnd, always
             if event is None:
                 yield _sse({"type": "ping"})
             elif isinstance(event, TurnEnd):
@@ -65,13 +64,8 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
             else:
                 for out in builder.feed(event):
                     yield _sse(out)
-    except Exception as e:  # never a broken stream: the client gets an error event
-        log.exception("the turn failed")
-        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error=str(e))
     finally:
         turn.cancel()  # when the client left: free its place in the batch now
-    if end is None:
-        end = TurnEnd("error", turn.prompt_tokens, 0, 0, error="the generation ended without a result")
     problem = turn.failure(end)
     if problem is not None:  # a failed generation, or structured output that can't be given
         yield _sse(error_event(problem.status, problem.message))

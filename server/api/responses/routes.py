@@ -120,21 +120,15 @@ async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, fini
     try:
         yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
         yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
-        end = None
         try:
-            async for event in turn.events:
+            async for event in turn.events:  # always closed by a TurnEnd (an error one if the turn failed)
                 if isinstance(event, TurnEnd):
                     end = event
                 else:
                     for out in builder.feed(event):
                         yield _sse(out, counter)
-        except Exception as e:  # never a broken stream: the client gets response.failed
-            log.exception("the turn failed")
-            end = TurnEnd("error", turn.prompt_tokens, 0, 0, error=str(e))
         finally:
             turn.cancel()  # when the client left: free its place in the batch now
-        if end is None:
-            end = TurnEnd("error", turn.prompt_tokens, 0, 0, error="the generation ended without a result")
         closing = builder.finish(end)
         response = finished(end)  # stored before the client hears that it is done
         done = True
