@@ -6,13 +6,8 @@ queue (submit, cancel) and gets tokens back through an asyncio.Queue per request
 blocks on MLX. Requests join and leave the running batch as they come and go: continuous
 batching, with each request's own sampler, penalties and token limit.
 
-The prompt cache (mlx-lm's LRUPromptCache, a trie of KV caches under a byte budget) keeps the
-cache as it stood at segment ends of a prompt (after the system and developer messages, and
-one token before the prompt's end) and at the end of each reply. GPT-OSS's sliding-window
-layers use RotatingKVCache, which cannot be trimmed back once more than its window was
-written, and the next turn re-renders the previous reply without its analysis: so the reply's
-own cache rarely helps, while the copy taken at the end of the prompt is always a prefix of
-the next turn's prompt.
+Each request's side is a Generation (generation.py); the prompt cache, in memory and on disk,
+is prompt_cache.py.
 
 Tokens reach the event loop once per engine step, all requests' together (one thread-safe call
 per step, not one per token per request).
@@ -30,25 +25,21 @@ server then answers 503 and exits non-zero).
 """
 
 import asyncio
-import functools
 import logging
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache
 from mlx_lm.sample_utils import greedy_sampler
 
 from models.loading import LoadedModel, load_model
-from models.paths import cache_dir
 from server.config import Settings
-from server.engine.disk_cache import DiskCache
-from server.engine.logprobs import LogprobCapture, Scored, ScoreJob, score_tokens
+from server.engine.generation import Finished, Generation, hand_over
+from server.engine.logprobs import LogprobCapture, ScoreJob, score_tokens
 from server.engine.memory import KVCost, cache_budget, measure_kv_cost
+from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import (
     SamplingParams,
     make_request_processors,
@@ -60,64 +51,6 @@ log = logging.getLogger("swallow.engine")
 
 # <|return|> ends an answer, <|call|> a tool call; <|endoftext|> should never come but ends too.
 STOP_TOKENS = (200002, 200012, 199999)
-CACHE_KEY = "model"  # one model per server: the trie's model key is constant
-
-
-@dataclass
-class Finished:
-    reason: str  # "stop" (a stop token was generated), "length", "cancelled" or "error"
-    error: str | None = None
-
-
-@dataclass(eq=False)  # compared (and hashed) by identity
-class Generation:
-    """One request's generation, as the event loop sees it."""
-
-    prompt: list
-    max_tokens: int
-    sampling: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    boundaries: tuple = ()  # prompt offsets worth a cache copy (end of system + developer)
-    processors: tuple = ()  # extra logits processors (reasoning controls, grammars), run last
-    output: asyncio.Queue = field(default_factory=asyncio.Queue)
-    uid: int | None = None
-    engine: "Engine | None" = None
-    finished: bool = False
-    cached_tokens: int = 0  # prompt tokens taken from the prompt cache
-    failure: str | None = None  # the request's own part (sampler, processor) failed: why
-    reserved: int = 0  # tokens of KV cache admission holds for it (prompt + token limit)
-    logprobs: int | None = None  # top-N logprobs asked for each token (0: the token's own); None: none
-    scores: list = field(default_factory=list)  # Scored per delivered token, when logprobs is set
-    follow: "Generation | None" = None  # start once this one's prompt is read (n > 1: shared prefix)
-    followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
-    prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
-    capture: LogprobCapture | None = None
-
-    @functools.cached_property
-    def watchers(self) -> list:
-        return [p for p in self.processors if hasattr(p, "deliver")]
-
-    def _deliver(self, item) -> None:
-        """Queues an item for the event loop (engine thread); Engine._flush sends the step's lot."""
-        if self.engine is not None:
-            self.engine._outbox.append((self, item))
-
-    async def events(self):
-        """Yields generated token ids, then one Finished."""
-        while True:
-            for item in await self.output.get():  # what one engine step delivered
-                if isinstance(item, Scored):
-                    self.scores.append(item)
-                    item = item.token
-                yield item
-                if isinstance(item, Finished):
-                    self.finished = True
-                    return
-
-    def cancel(self) -> None:
-        if not self.finished and self.engine is not None:
-            self.finished = True
-            self.engine._commands.put(("cancel", self))
 
 
 class Engine:
@@ -138,9 +71,7 @@ class Engine:
         self.kv_cost: KVCost | None = None
         self.kv_budget = 0  # bytes the KV caches may use
         self.kv_budget_source = ""
-        budget = settings.prompt_cache_mb * 2**20
-        self.prompt_cache = LRUPromptCache(max_size=256, max_bytes=budget) if budget > 0 else None
-        self.disk_cache: DiskCache | None = None  # snapshots of long shared prefixes (disk_cache.py)
+        self.prompt_cache = PromptCache(settings)
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -213,12 +144,7 @@ class Engine:
         return await job.future
 
     def cache_stats(self) -> dict:
-        cache = self.prompt_cache
-        return {
-            "entries": len(cache) if cache is not None else 0,
-            "bytes": cache.nbytes if cache is not None else 0,
-            "budget_bytes": cache.max_bytes if cache is not None else 0,
-        }
+        return self.prompt_cache.stats()
 
     def stop(self) -> None:
         self._commands.put(("stop", None))
@@ -247,23 +173,6 @@ class Engine:
                 raise
         self.loaded = None
 
-    def _open_disk_cache(self) -> None:
-        settings = self.settings
-        if self.prompt_cache is None or settings.prompt_cache_disk_mb <= 0:
-            return
-        root = (Path(settings.data_dir).expanduser() if settings.data_dir else cache_dir()) / "prompt-cache"
-        try:
-            self.disk_cache = DiskCache(root, self.loaded.path, settings.prompt_cache_disk_mb * 2**20,
-                                        settings.prompt_cache_disk_min_tokens)
-        except OSError as e:
-            log.warning("prompt cache: no snapshots on disk (%s)", e)
-            return
-        loaded = 0
-        for tokens, cache in self.disk_cache.load_all(self.prompt_cache.max_bytes):
-            self.prompt_cache.insert_cache(CACHE_KEY, tokens, cache)
-            loaded += 1
-        log.info("prompt cache: %d snapshot(s) loaded from %s", loaded, self.disk_cache.dir)
-
     def _warm_up(self, batch: BatchGenerator) -> None:
         """One token through the batch, before any request: the first request's own costs (buffers,
         kernels) are paid here rather than in its time to first token."""
@@ -272,7 +181,7 @@ class Engine:
             pass
 
     def _serve(self) -> None:
-        self._open_disk_cache()
+        self.prompt_cache.open_disk(self.loaded.path)
         batch = self._new_batch()
         try:
             self._warm_up(batch)
@@ -280,15 +189,15 @@ class Engine:
             log.exception("warming up failed")
             batch = self._new_batch()
         while True:
-            if not self._active and self.disk_cache is not None and self.disk_cache.has_pending:
-                self.disk_cache.write_pending()  # idle: nothing waits for this thread
+            if not self._active:
+                self.prompt_cache.write_to_disk()  # idle: nothing waits for this thread
             if not self._apply_commands(batch, block=not self._active):
                 break
             if not self._active:
                 continue
             try:
                 prompt_responses, responses = batch.next()
-                self._keep_segment_caches(batch, prompt_responses)
+                self.prompt_cache.keep_segments(batch, prompt_responses, self._active, self._cache_room())
             except Exception as e:
                 log.exception("generation step failed")
                 for generation in self._active.values():
@@ -317,7 +226,7 @@ class Engine:
                 if response.finish_reason is not None:
                     generation._deliver(Finished(response.finish_reason))
                     del self._active[response.uid]
-                    self._keep(response.all_tokens, response.prompt_cache)
+                    self.prompt_cache.keep(response.all_tokens, response.prompt_cache, self._cache_room())
             self._admit(batch)
             self._flush()
 
@@ -353,7 +262,7 @@ class Engine:
         self._outbox = []
         for loop, items in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_hand_over, items)
+                loop.call_soon_threadsafe(hand_over, items)
             except RuntimeError:  # the loop is closed (shutdown): no one left to tell
                 for generation in items:
                     generation.finished = True
@@ -419,33 +328,6 @@ class Engine:
             return
         job.succeed(results)
 
-    def _keep(self, tokens: list, cache: list) -> None:
-        if self.prompt_cache is not None and tokens:
-            self.prompt_cache.insert_cache(CACHE_KEY, list(tokens), cache)
-            # the prompt cache has what running requests leave of the budget, never more
-            self.prompt_cache.trim_to(n_bytes=max(0, self.kv_budget - self._reserved_bytes()))
-
-    def _keep_segment_caches(self, batch: BatchGenerator, prompt_responses: list) -> None:
-        """Copies of the cache where a prompt segment ended (not its last token: that one
-        is processed as the first generation step)."""
-        if self.prompt_cache is None:
-            return
-        uids = [r.uid for r in prompt_responses if r.end_of_segment and not r.end_of_prompt]
-        for uid, (cache, tokens) in batch.extract_cache(uids).items():
-            self._keep(tokens, cache)
-            generation = self._active.get(uid)
-            # the system + developer part, shared by an agent's requests: worth keeping on disk
-            if self.disk_cache is not None and generation is not None and len(tokens) in generation.boundaries:
-                self.disk_cache.offer(list(tokens), cache)
-
-    def _cached_start(self, prompt: list) -> tuple[list | None, int]:
-        """The nearest cached prefix: (its cache, how many prompt tokens it covers). At least
-        one prompt token is left to process, since generation starts from it."""
-        if self.prompt_cache is None:
-            return None, 0
-        cache, rest = self.prompt_cache.fetch_nearest_cache(CACHE_KEY, prompt[:-1])
-        return (cache, len(prompt) - 1 - len(rest)) if cache is not None else (None, 0)
-
     @staticmethod
     def _segments(prompt: list, start: int, boundaries: tuple) -> list[list]:
         cuts = [b for b in sorted(boundaries) if start < b < len(prompt)] + [len(prompt)]
@@ -463,6 +345,10 @@ class Engine:
             return 0
         return self.kv_cost.batch(len(rows), max(g.reserved for g in rows))
 
+    def _cache_room(self) -> int:
+        """What running requests leave of the KV budget: the most the prompt cache may hold."""
+        return max(0, self.kv_budget - self._reserved_bytes())
+
     def _admit(self, batch: BatchGenerator) -> None:
         """Moves waiting requests into the batch, first come first served, while their worst
         case fits beside the running ones; the prompt cache gives up entries to make room."""
@@ -475,8 +361,7 @@ class Engine:
             if self._active and needed > self.kv_budget:
                 return  # wait until running requests finish
             self._held.popleft()
-            if self.prompt_cache is not None:
-                self.prompt_cache.trim_to(n_bytes=max(0, self.kv_budget - needed))
+            self.prompt_cache.trim_to(max(0, self.kv_budget - needed))
             self._insert(batch, generation)
 
     # ---- one request's own part, guarded ---------------------------------------------
@@ -508,7 +393,7 @@ class Engine:
         if generation.finished:  # cancelled while waiting
             return
         prompt = generation.prompt
-        cache, cached = self._cached_start(prompt)
+        cache, cached = self.prompt_cache.nearest(prompt)
         processors = make_request_processors(generation.sampling) + list(generation.processors)
         if generation.logprobs is not None:
             generation.capture = LogprobCapture(generation.logprobs)
@@ -531,8 +416,3 @@ class Engine:
         generation.cached_tokens = cached
         self._active[uid] = generation
 
-
-def _hand_over(items: dict) -> None:
-    """On the event loop: one engine step's items, each request's in one queue entry."""
-    for generation, delivered in items.items():
-        generation.output.put_nowait(delivered)

@@ -9,7 +9,7 @@ which frees its place in the batch at once.
 
 from dataclasses import dataclass
 
-from server.engine.engine import Finished, Generation
+from server.engine.generation import Finished, Generation
 from server.harmony.parse import Event, ReplyParser
 from server.plumbing import metrics
 from server.turn.logprobs import TokenLogprob

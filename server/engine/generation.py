@@ -1,0 +1,75 @@
+"""One request's generation as the event loop sees it, and the items the engine hands it.
+
+The engine thread runs the batch; a Generation is the request's end of it: a queue that gets one
+list of items (token ids, Scored tokens with logprobs, then one Finished) per engine step.
+"""
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+
+from server.engine.logprobs import LogprobCapture, Scored
+from server.engine.sampling import SamplingParams
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" (a stop token was generated), "length", "cancelled" or "error"
+    error: str | None = None
+
+
+@dataclass(eq=False)  # compared (and hashed) by identity
+class Generation:
+    """One request's generation, as the event loop sees it."""
+
+    prompt: list
+    max_tokens: int
+    sampling: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    boundaries: tuple = ()  # prompt offsets worth a cache copy (end of system + developer)
+    processors: tuple = ()  # extra logits processors (reasoning controls, grammars), run last
+    output: asyncio.Queue = field(default_factory=asyncio.Queue)
+    uid: int | None = None
+    engine: object = None  # the Engine that runs it
+    finished: bool = False
+    cached_tokens: int = 0  # prompt tokens taken from the prompt cache
+    failure: str | None = None  # the request's own part (sampler, processor) failed: why
+    reserved: int = 0  # tokens of KV cache admission holds for it (prompt + token limit)
+    logprobs: int | None = None  # top-N logprobs asked for each token (0: the token's own); None: none
+    scores: list = field(default_factory=list)  # Scored per delivered token, when logprobs is set
+    follow: "Generation | None" = None  # start once this one's prompt is read (n > 1: shared prefix)
+    followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
+    prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
+    capture: LogprobCapture | None = None
+
+    @functools.cached_property
+    def watchers(self) -> list:
+        return [p for p in self.processors if hasattr(p, "deliver")]
+
+    def _deliver(self, item) -> None:
+        """Queues an item for the event loop (engine thread); Engine._flush sends the step's lot."""
+        if self.engine is not None:
+            self.engine._outbox.append((self, item))
+
+    async def events(self):
+        """Yields generated token ids, then one Finished."""
+        while True:
+            for item in await self.output.get():  # what one engine step delivered
+                if isinstance(item, Scored):
+                    self.scores.append(item)
+                    item = item.token
+                yield item
+                if isinstance(item, Finished):
+                    self.finished = True
+                    return
+
+    def cancel(self) -> None:
+        if not self.finished and self.engine is not None:
+            self.finished = True
+            self.engine._commands.put(("cancel", self))
+
+
+def hand_over(items: dict) -> None:
+    """On the event loop: one engine step's items, each request's in one queue entry."""
+    for generation, delivered in items.items():
+        generation.output.put_nowait(delivered)
