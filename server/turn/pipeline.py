@@ -65,11 +65,12 @@ class Rendered:
 
 
 def render(state, spec: TurnSpec) -> Rendered:
-    """The prompt exactly as the turn would submit it (count_tokens uses this too)."""
-    reply_plan.add_format(spec.prompt, spec.asked)
+    """The prompt exactly as the turn would submit it (count_tokens and tokenize use this too)."""
+    prompt = replace(spec.prompt)  # the response format goes into a copy: rendering twice is the same
+    reply_plan.add_format(prompt, spec.asked)
     prefix = spec.forced_prefix()
     tokens, shared_head = harmony.render_with_boundary(
-        state.encoding, spec.prompt, state.settings.model_identity, state.settings.knowledge_cutoff, prefix)
+        state.encoding, prompt, state.settings.model_identity, state.settings.knowledge_cutoff, prefix)
     prefix_tokens = state.encoding.encode(prefix, allowed_special="all") if prefix else []
     return Rendered(tokens, shared_head, prefix_tokens)
 
