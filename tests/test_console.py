@@ -285,6 +285,7 @@ def test_chat_ctrl_c_stops_the_reply_and_frees_its_slot(terminal, scripted_serve
     # Ctrl-C at the prompt only clears the line
     term.type("never sent")
     term.keys("C-c")
+    term.wait_for_prompt(4)  # a fresh prompt (the 4th: essay, 2+2, the cleared line, this one)
     term.send("/quit")
     screen = term.wait_for("CHAT-EXITED rc=0")
     assert "> /quit" in screen.splitlines()

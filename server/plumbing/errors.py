@@ -140,7 +140,8 @@ ERROR_STATUSES = {
     "404": "Not found", "413": "Request body too large", "429": "Server busy (see Retry-After)",
     "500": "Generation failed",
 }
-STREAMING = {("/v1/chat/completions", "post"), ("/v1/responses", "post"), ("/v1/messages", "post")}
+STREAMING = {("/v1/chat/completions", "post"), ("/v1/responses", "post"), ("/v1/messages", "post"),
+             ("/v1/completions", "post")}
 
 
 # one server-sent event: its data, and its name where the API sends one (Responses, Messages)
