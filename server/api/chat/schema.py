@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
 
 Effort = Literal["low", "medium", "high"]
@@ -19,17 +20,14 @@ class TextPart(BaseModel):
     text: str
 
 
-class OtherPart(BaseModel):
+class OtherPart(Unsupported):
     """Any other content part (images, audio, files): refused with a clear message."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
 
     @model_validator(mode="after")
     def _refuse(self):
-        if self.type != "text":
-            raise ValueError(f"content parts of type {self.type!r} are not supported; this model reads text only")
-        raise ValueError("a content part of type 'text' needs a string 'text'")  # TextPart refused it
+        if self.type == "text":  # TextPart refused it
+            raise ValueError("a content part of type 'text' needs a string 'text'")
+        return super()._refuse()
 
 
 Content = str | list[TextPart | OtherPart] | None

@@ -6,10 +6,11 @@ and `redacted_thinking`; `image` and `document` (and any other type) are 400s th
 (`metadata`, `context_management`, `service_tier`, ...) are ignored, as Claude Code sends several.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
 
 # Efforts Anthropic's API accepts, mapped onto harmony's three levels (as Responses maps OpenAI's).
@@ -46,15 +47,10 @@ class ToolUseBlock(_Block):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
-class OtherBlock(BaseModel):
+class OtherBlock(Unsupported):
     """Images, documents, search results: refused with a clear message."""
 
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-    @model_validator(mode="after")
-    def _refuse(self):
-        raise ValueError(f"content blocks of type {self.type!r} are not supported; this model reads text only")
+    what: ClassVar[str] = "content blocks"
 
 
 def _kind(known: tuple):

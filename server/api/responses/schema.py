@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES
 
 # Efforts OpenAI accepts for its own models, mapped onto harmony's three levels.
@@ -34,15 +35,8 @@ class TextPart(BaseModel):
     text: str
 
 
-class OtherPart(BaseModel):
+class OtherPart(Unsupported):
     """Images, files, audio: refused with a clear message."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-    @model_validator(mode="after")
-    def _refuse(self):
-        raise ValueError(f"content parts of type {self.type!r} are not supported; this model reads text only")
 
 
 def _part_kind(value: Any) -> str:
