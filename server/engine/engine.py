@@ -32,7 +32,6 @@ from collections import deque
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.sample_utils import greedy_sampler
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
@@ -43,7 +42,6 @@ from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import (
     SamplingParams,
     make_request_processors,
-    make_request_sampler,
 )
 from server.plumbing.errors import invalid_request
 
@@ -364,31 +362,6 @@ class Engine:
             self.prompt_cache.trim_to(max(0, self.kv_budget - needed))
             self._insert(batch, generation)
 
-    # ---- one request's own part, guarded ---------------------------------------------
-
-    @staticmethod
-    def _guarded(generation: Generation, part, what: str):
-        """`part` (a sampler or a logits processor) such that an exception in it marks the
-        request failed instead of failing the batch step; the logits go on unchanged (a
-        sampler's: the most likely token) until the engine ends the request after the step."""
-
-        def guarded(*args):
-            try:
-                return part(*args)
-            except Exception as e:
-                if generation.failure is None:
-                    log.exception("a request's %s failed; ending that request alone", what)
-                    generation.failure = f"its {what} failed: {e}" if str(e) else f"its {what} failed"
-                logits = args[-1]
-                return mx.argmax(logits, axis=-1) if what == "sampler" else logits
-
-        return guarded
-
-    def _sampler(self, generation: Generation):
-        sampler = make_request_sampler(generation.sampling)
-        # greedy is one shared function (the batch samples in one call) and can't fail
-        return sampler if sampler is greedy_sampler else self._guarded(generation, sampler, "sampler")
-
     def _insert(self, batch: BatchGenerator, generation: Generation) -> None:
         if generation.finished:  # cancelled while waiting
             return
@@ -404,8 +377,8 @@ class Engine:
                 caches=[cache],
                 all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
-                samplers=[self._sampler(generation)],
-                logits_processors=[[self._guarded(generation, p, "logits processor") for p in processors]],
+                samplers=[generation.sampler()],
+                logits_processors=[[generation.guarded(p, "logits processor") for p in processors]],
             )
         except Exception as e:
             log.exception("could not start a generation")

@@ -1,15 +1,22 @@
 """One request's generation as the event loop sees it, and the items the engine hands it.
 
 The engine thread runs the batch; a Generation is the request's end of it: a queue that gets one
-list of items (token ids, Scored tokens with logprobs, then one Finished) per engine step.
+list of items (token ids, Scored tokens with logprobs, then one Finished) per engine step. Its
+sampler and logits processors run guarded, so that a failure in them ends this request alone.
 """
 
 import asyncio
 import functools
+import logging
 from dataclasses import dataclass, field
 
+import mlx.core as mx
+from mlx_lm.sample_utils import greedy_sampler
+
 from server.engine.logprobs import LogprobCapture, Scored
-from server.engine.sampling import SamplingParams
+from server.engine.sampling import SamplingParams, make_request_sampler
+
+log = logging.getLogger("swallow.engine")
 
 
 @dataclass
@@ -62,6 +69,30 @@ class Generation:
                 if isinstance(item, Finished):
                     self.finished = True
                     return
+
+    # ---- its own parts, guarded: a failure there touches this request alone ----------
+
+    def guarded(self, part, what: str):
+        """`part` (a sampler or a logits processor) such that an exception in it marks this
+        request failed instead of failing the batch step; the logits go on unchanged (a
+        sampler's: the most likely token) until the engine ends the request after the step."""
+
+        def guarded(*args):
+            try:
+                return part(*args)
+            except Exception as e:
+                if self.failure is None:
+                    log.exception("a request's %s failed; ending that request alone", what)
+                    self.failure = f"its {what} failed: {e}" if str(e) else f"its {what} failed"
+                logits = args[-1]
+                return mx.argmax(logits, axis=-1) if what == "sampler" else logits
+
+        return guarded
+
+    def sampler(self):
+        sampler = make_request_sampler(self.sampling)
+        # greedy is one shared function (the batch samples in one call) and can't fail
+        return sampler if sampler is greedy_sampler else self.guarded(sampler, "sampler")
 
     def cancel(self) -> None:
         if not self.finished and self.engine is not None:
