@@ -68,20 +68,25 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def run(args: argparse.Namespace) -> int:
-    cached = cached_repos(getattr(args, "cache_dir", None))
-    rows = []
+def rows(cache_dir=None) -> list[dict]:
+    cached = cached_repos(cache_dir)
+    found = []
     for v in VARIANTS:
         row = asdict(v)
         row["cached"] = v.repo in cached
         row["cached_bytes"] = cached.get(v.repo)
-        rows.append(row)
+        found.append(row)
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    found = rows(getattr(args, "cache_dir", None))
     if getattr(args, "json", False):
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(found, indent=2))
         return 0
     header = ("", "REPO", "FORMAT", "SIZE", "BITS/W", "LOCAL CACHE")
     table = [header]
-    for r in rows:
+    for r in found:
         table.append((
             "*" if r["default"] else "",
             r["repo"],
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("* default. Serve one with `--model REPO`; "
           "4-bit conversions are not listed: they made the analysis channel loop.")
-    for r in rows:
+    for r in found:
         if r["note"] and not r["default"]:
             print(f"{r['repo']}: {r['note']}")
     return 0

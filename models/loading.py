@@ -37,6 +37,7 @@ class LoadedModel:
     model_id: str  # the --model spec as given ("demo" for the demo model)
     context_length: int
     dtype: str  # the floating-point dtype the weights are held in after loading
+    weights_bytes: int = 0  # what the loaded parameters take in memory
 
 
 def _gb(n_bytes: int) -> str:
@@ -117,7 +118,7 @@ def check_memory(model_dir: Path) -> None:
         )
 
 
-def _has_gpu() -> bool:
+def has_gpu() -> bool:
     import mlx.core as mx
 
     cuda = getattr(mx, "cuda", None)
@@ -191,7 +192,7 @@ def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None 
             f"mlx-lm could not load the model in {path}: {e}. swallow-server needs a GPT-OSS model "
             f"in MLX format (safetensors with config.json). {_USAGE_HINT}"
         ) from e
-    if not _has_gpu():
+    if not has_gpu():
         _to_float32(model)
     mx.eval(model.parameters())
 
@@ -207,5 +208,6 @@ def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None 
         model_id=spec,
         context_length=int(config.get("max_position_embeddings") or 131072),
         dtype=dtype,
+        weights_bytes=size,
     )
 

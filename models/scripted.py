@@ -40,7 +40,11 @@ def build_scripted_model(
     default_reply: str = "<|channel|>final<|message|>I have no script for that.<|return|>",
     *,
     context_length: int = 8192,
+    weights_mb: float = 0,
+    step_delay: float = 0.0,
 ) -> Path:
+    """`weights_mb`: the size of its weights file (and of the model in memory), for tests of
+    memory budgets; `step_delay`: seconds each forward pass takes, for tests of long streams."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     vocab.write_tokenizer_files(dst)
@@ -67,8 +71,10 @@ def build_scripted_model(
             for trigger, replies in scripts.items()
         ],
         "default_reply": reply_ids(default_reply),
+        "anchor_size": max(1, int(weights_mb * 2**20 / 4)),
+        "step_delay": step_delay,
     }
     (dst / "config.json").write_text(json.dumps(config))
     shutil.copyfile(ARCH_FILE, dst / "scripted_model.py")
-    mx.save_safetensors(str(dst / "model.safetensors"), {"anchor": mx.zeros((1,))})
+    mx.save_safetensors(str(dst / "model.safetensors"), {"anchor": mx.zeros((config["anchor_size"],))})
     return dst

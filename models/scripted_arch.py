@@ -13,12 +13,16 @@ at every step, puts all the probability on the next token of a scripted reply:
   (`<|start|>assistant`) that follows the last non-assistant message. A header forced into the
   prompt counts as part of the reply, so scripts are written as whole assistant turns.
 - Past the end of a reply the model says `<|return|>`.
+- `anchor_size` sets the size of its one (unused) weight, so that a test can give the model the
+  memory footprint it needs; `step_delay` (seconds) makes every forward pass that long, so that
+  a stream lasts while a test does something beside it.
 - A reply id of -1 (scripted.FAIL) makes the forward pass raise: a model failing mid-generation;
   -2 (scripted.DIE) raises SystemExit, which takes the engine thread down.
 
 This file must stay self-contained: mlx-lm loads it by path, outside any package.
 """
 
+import time
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -39,6 +43,8 @@ class ModelArgs(BaseModelArgs):
     vocab_size: int = 201088
     scripts: list = field(default_factory=list)
     default_reply: list = field(default_factory=list)
+    anchor_size: int = 1
+    step_delay: float = 0.0
 
 
 def _last_occurrence_end(history: np.ndarray, needle: list) -> int:
@@ -76,7 +82,7 @@ class Model(nn.Module):
         self.args = args
         self.model_type = args.model_type
         # One parameter so that the directory has a weights file, as mlx-lm expects.
-        self.anchor = mx.zeros((1,))
+        self.anchor = mx.zeros((args.anchor_size,))
 
     @property
     def layers(self):
@@ -86,6 +92,8 @@ class Model(nn.Module):
         return [KVCache()]
 
     def __call__(self, inputs: mx.array, cache=None, **kwargs):
+        if self.args.step_delay:
+            time.sleep(self.args.step_delay)
         batch, length = inputs.shape
         ids = inputs.astype(mx.float32)[:, None, :, None]
         if cache is not None and cache[0] is not None:

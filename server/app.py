@@ -1,11 +1,10 @@
 """The FastAPI application: routes, error handlers and shared state."""
 
-import time
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from models.loading import LoadedModel
 from models.vocab import token_vocabulary
 from server.api.chat import routes as chat
 from server.api.completions import routes as completions
@@ -15,29 +14,29 @@ from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.api.tokenize import routes as tokenize
 from server.config import Settings
-from server.engine.engine import Engine
 from server.plumbing import limits, metrics, middleware
 from server.plumbing.admission import Admission
 from server.plumbing.errors import (
-    APIError,
     document_errors,
     install_error_handlers,
     register_shape,
 )
-from server.state import ServerState
+from server.registry.lease import HoldModels
+from server.registry.registry import Registry, Slot
+from server.registry.routes import router as models_router
 from server.web.routes import router as web_router
 
 
-def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastAPI:
-    app = FastAPI(title="swallow-server", version="0.1.0",
+def create_app(settings: Settings, registry: Registry) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app):
+        registry.start_reaper()  # unloads models idle past their keep-alive
+        yield
+
+    app = FastAPI(title="swallow-server", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server for GPT-OSS models on MLX")
-    app.state.server = ServerState(
-        settings=settings,
-        engine=engine,
-        encoding=loaded.encoding,
-        model_id=settings.served_model_name or loaded.model_id,
-        context_length=settings.context_length or loaded.context_length,
-    )
+    app.state.settings = settings
+    app.state.registry = registry  # the models, loaded or not; requests pick theirs (registry/lease.py)
     limits.configure(settings)  # max_messages, checked as requests are parsed
     token_vocabulary()  # the reply parser's byte table (~0.3 s to build): now, not in a first request
     install_error_handlers(app)
@@ -45,44 +44,47 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
     # Auth, CORS, body limit, admission (max_concurrency / max_queue), request log, /metrics.
     admission = Admission(settings.max_concurrency or settings.max_batch_size, settings.max_queue)
     app.state.admission = admission
+    app.add_middleware(HoldModels)  # innermost: a request's model is busy until its last byte is out
     middleware.install(app, settings, admission)
-    metrics.bind(admission, engine)
+    metrics.bind(admission, registry)
     app.include_router(metrics.router)
     app.include_router(chat.router)
     app.include_router(responses.router)
     app.include_router(messages.router)
     app.include_router(completions.router)
     app.include_router(tokenize.router)
+    app.include_router(models_router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)
-    started = int(time.time())
-
-    def model_card(state: ServerState) -> dict:
-        return {"id": state.model_id, "object": "model", "created": started, "owned_by": "swallow-server",
-                "context_length": state.context_length}
-
-    @app.get("/v1/models")
-    async def list_models(request: Request):
-        return {"object": "list", "data": [model_card(request.app.state.server)]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request):
-        state = request.app.state.server
-        if model_id != state.model_id:
-            raise APIError(404, f"The model {model_id!r} does not exist; this server serves {state.model_id!r}.",
-                           type="not_found_error", param="model", code="model_not_found")
-        return model_card(state)
 
     @app.get("/health")
     async def health(request: Request):
-        state = request.app.state.server
-        engine = state.engine
-        body = {"status": "ok", "model": state.model_id, "running": engine.running, "waiting": engine.waiting,
-                "memory": engine.memory_stats(), "prompt_cache": engine.cache_stats()}
-        if engine.dead is not None:  # the process is about to exit (non-zero) for a restart
-            return JSONResponse({**body, "status": "error", "error": f"the engine stopped: {engine.dead}"},
+        models = {slot.name: _model_health(registry, slot) for slot in registry.slots.values()}
+        main = registry.default.state or next((s.state for s in registry.loaded), None)
+        body = {"status": "ok", "model": registry.default.name,
+                "running": sum(m.get("running", 0) for m in models.values()),
+                "waiting": sum(m.get("waiting", 0) for m in models.values()),
+                "waiting_for_model": sum(s.waiting for s in registry.slots.values()),
+                "memory": main.engine.memory_stats() if main else {},
+                "prompt_cache": main.engine.cache_stats() if main else {},
+                "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
+                                  "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
+                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]}}
+        if registry.dead is not None:  # the process is about to exit (non-zero) for a restart
+            return JSONResponse({**body, "status": "error", "error": f"the engine stopped: {registry.dead}"},
                                 status_code=503)
         return body
 
     return app
+
+
+def _model_health(registry: Registry, slot: Slot) -> dict:
+    body = {"loaded": slot.state is not None, "loading": slot.loading is not None,
+            "default": slot is registry.default, "requests": slot.leases, "waiting_for_load": slot.waiting,
+            "keep_alive_s": slot.keep_alive, "loads": slot.loads, "load_seconds": slot.load_seconds}
+    if slot.state is not None:
+        engine = slot.state.engine
+        body |= {"running": engine.running, "waiting": engine.waiting, "weights_bytes": slot.weights_bytes,
+                 "memory": engine.memory_stats(), "prompt_cache": engine.cache_stats()}
+    return body

@@ -19,8 +19,10 @@ def serve_parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
         "Subcommands: serve (default), convert, models, generate, chat.",
     )
-    parser.add_argument("--model", help=f"local MLX model directory, Hugging Face repo id, or 'demo' "
-                        f"(a tiny random model, no download). Default: {DEFAULT_MODEL}")
+    parser.add_argument("--model", action="append", dest="models_given", metavar="[ALIAS=]MODEL",
+                        help=f"local MLX model directory, Hugging Face repo id, or 'demo' (a tiny random model, "
+                        f"no download); give it more than once to serve several models, the first is the default "
+                        f"(or a [[models]] alias of config.toml). Default: {DEFAULT_MODEL}")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--config", help="TOML settings file (default: ./config.toml when present)")
@@ -44,7 +46,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def serve(argv: list[str]) -> int:
     args = serve_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "models_given")}
     try:
         settings = load_settings(args.config, overrides)
     except ConfigError as e:
@@ -57,48 +59,40 @@ def serve(argv: list[str]) -> int:
 
     preload_openblas(settings.openblas)  # may start this process again, with OpenBLAS loaded
 
-    # Find (or download) and check the model before the heavy imports: a bad --model fails at once.
-    from models.loading import prepare_model
+    from server.registry.setup import open_registry
 
-    try:
-        model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code)
-    except ModelError as e:
+    try:  # the models to serve; the default one is found (or downloaded), checked and loaded now
+        registry = open_registry(settings, args.models_given)
+    except (ModelError, ConfigError) as e:
         print(f"swallow-server: {e}", file=sys.stderr)
         return 1
 
     import uvicorn
 
     from server.app import create_app
-    from server.engine.engine import Engine
 
-    engine = Engine(settings, model_path)
-    engine.start()
-    try:
-        loaded = engine.wait_until_loaded()
-    except ModelError as e:
-        print(f"swallow-server: {e}", file=sys.stderr)
-        return 1
     log.info("BLAS: %s", blas_in_use())
-    app = create_app(settings, engine, loaded)
+    app = create_app(settings, registry)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout, access_log=False))  # RequestLog logs
 
-    def engine_died(reason: str) -> None:
+    def engine_died(model: str, reason: str) -> None:
         # requests in flight have their error; give their streams a moment to carry it, then exit
-        log.critical("exiting: the engine stopped (%s)", reason)
+        log.critical("exiting: the engine of %s stopped (%s)", model, reason)
         threading.Timer(ENGINE_DEATH_GRACE, lambda: setattr(server, "should_exit", True)).start()
 
-    engine.on_death = engine_died
+    registry.on_death = engine_died
     # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets requests in flight finish for up to
     # shutdown_timeout seconds, then returns; it then re-raises the signal to the handlers it
     # found, so these no-op ones make that a clean exit 0 after engine.stop().
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     server.run()
-    engine.stop()
-    if engine.dead is not None:
-        log.error("the engine died (%s): exiting with status 1 so a supervisor restarts the server", engine.dead)
+    dead = registry.dead
+    registry.stop()
+    if dead is not None:
+        log.error("the engine died (%s): exiting with status 1 so a supervisor restarts the server", dead)
         return 1
     log.info("engine stopped; exiting")
     return 0
@@ -113,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return convert.main(rest)
     if command == "models":
-        from models import catalog
+        from server.registry import command as models_command
 
-        return catalog.main(rest)
+        return models_command.main(rest)
     if command == "generate":
         from server.console import generate
 

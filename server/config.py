@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from server.registry import keep_alive
+
 log = logging.getLogger("swallow.config")
 
 DEFAULT_MODEL = "tocchitocchi/GPT-OSS-Swallow-20B-RL-v0.1-6bit-mlx"
@@ -52,6 +54,14 @@ class Settings(BaseModel):
     model_identity: str = "You are ChatGPT, a large language model trained by OpenAI."
     knowledge_cutoff: str = "2024-06"
 
+    # [models]: more models from one server (server/registry/)
+    models: list["ModelEntry"] = Field(default_factory=list)  # [[models]] tables; see ModelEntry
+    strict_model_names: bool = False  # true: an unknown model name is a 404, not the default model
+    models_memory_mb: int = Field(0, ge=0)  # weights of the loaded models; 0: what the machine has
+    keep_alive: str | float = -1.0  # idle time before a model is unloaded; negative: never ("5m", 300)
+    model_load_timeout: float = Field(600, gt=0)  # seconds a request waits for its model to load
+    discover_cached_models: bool = True  # list (and serve) GPT-OSS models in the Hugging Face cache
+
     # [generation]: defaults from the GPT-OSS-Swallow model card
     temperature: float = Field(0.6, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -82,6 +92,12 @@ class Settings(BaseModel):
     responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept
     responses_max_count: int = Field(0, ge=0)  # only the newest this many are kept; 0: all
 
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value):
+        keep_alive.seconds(value)  # ValueError: not a duration
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value):
@@ -96,6 +112,60 @@ class Settings(BaseModel):
                     raise ValueError(f"{origin!r} is not an origin like http://localhost:3000, "
                                      "http://localhost:* (any port) or *")
         return value
+
+
+# Settings a [[models]] entry may set for its model alone: the rest are the server's.
+PER_MODEL = {
+    "trust_remote_code", "context_length", "model_identity", "knowledge_cutoff",
+    "temperature", "top_p", "top_k", "min_p", "reasoning_effort", "max_tokens", "max_n",
+    "reasoning_max_tokens", "loop_guard", "loop_max_period", "loop_min_repeats", "loop_min_tokens",
+    "max_batch_size", "prefill_step_size", "prompt_cache_mb", "prompt_cache_disk_mb",
+    "prompt_cache_disk_min_tokens", "kv_memory_mb",
+}
+
+
+class ModelEntry(BaseModel):
+    """One [[models]] table: a model to serve, the names it answers to, and its own settings.
+
+        [[models]]
+        alias = "swallow"                       # the id clients use and see
+        model = "tocchitocchi/GPT-OSS-Swallow-20B-RL-v0.1-6bit-mlx"   # path, repo id or "demo"
+        default = true                          # unknown names go here
+        keep_alive = "30m"                      # unloaded after this long idle
+        context_length = 32768                  # any PER_MODEL setting, for this model only
+    """
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: str
+    alias: str = ""  # empty: the model value
+    aliases: list[str] = Field(default_factory=list)  # more names it answers to
+    default: bool = False
+    keep_alive: str | float | None = None  # None: the server's keep_alive
+
+    @field_validator("model", "alias")
+    @classmethod
+    def _no_blank(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value):
+        keep_alive.seconds(value)
+        return value
+
+    def overrides(self) -> dict:
+        """The settings this entry sets for its model alone."""
+        extra = dict(self.model_extra or {})
+        unknown = sorted(set(extra) - PER_MODEL)
+        if unknown:
+            raise ValueError(f"[[models]] {self.name!r}: {', '.join(unknown)} can't be set per model "
+                             f"(per-model settings: {', '.join(sorted(PER_MODEL))})")
+        return extra
+
+    @property
+    def name(self) -> str:
+        return self.alias or self.model
 
 
 class ConfigError(Exception):
@@ -136,7 +206,22 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None)
     values.update(_from_environment())
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return Settings(**values)
+        settings = Settings(**values)
+        for entry in settings.models:
+            for_model(settings, entry)  # each model's own settings are valid too
+        return settings
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid settings: {problems}") from e
+    except ValueError as e:
+        raise ConfigError(f"invalid settings: {e}") from e
+
+
+def for_model(settings: Settings, entry: ModelEntry) -> Settings:
+    """The settings one model runs with: the server's, with the entry's own on top."""
+    values = {**settings.model_dump(exclude={"models"}), **entry.overrides(), "model": entry.model,
+              "served_model_name": entry.name}
+    return Settings(**values, models=settings.models)
+
+
+Settings.model_rebuild()

@@ -1,4 +1,4 @@
-"""What every endpoint needs: settings, the engine and the loaded model's facts."""
+"""What a request needs of its model: its settings, its engine and facts (registry/lease.py picks it)."""
 
 from dataclasses import dataclass
 
@@ -12,7 +12,7 @@ from server.engine.sampling import SamplingParams
 @dataclass
 class ServerState:
     settings: Settings
-    engine: Engine
+    engine: Engine | None  # None: the model is not loaded (what tokenizing needs, without it)
     encoding: HarmonyEncoding
     model_id: str
     context_length: int

@@ -218,8 +218,9 @@ def test_bad_requests_are_400s(demo_server, path, body, param):
 
 
 def metric(server, name: str) -> float:
+    """The series' value, summed over its labels (the demo server serves one model)."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 def test_n_choices_read_the_prompt_once(demo_server):

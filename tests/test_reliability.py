@@ -45,10 +45,15 @@ def limited_server(start_server, cache_dir, tmp_path_factory):
 # ---- helpers ----------------------------------------------------------------------------
 
 def scrape(server) -> dict:
+    """(name, labels) -> value, summed over the `model` label (this server serves one model)."""
     response = httpx.get(f"{server.url}/metrics", timeout=10)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    samples: dict = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            key = (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "model")))
+            samples[key] = samples.get(key, 0.0) + s.value
+    return samples
 
 
 def metric(samples: dict, name: str, **labels) -> float:

@@ -185,7 +185,7 @@ def _free_port() -> int:
 
 
 class LocalServer:
-    """The server, built in this process: settings, model, Engine, create_app, and uvicorn in a
+    """The server, built in this process: settings, its models, create_app, and uvicorn in a
     background thread on a free 127.0.0.1 port with a random API key."""
 
     def __init__(self, args: argparse.Namespace):
@@ -205,26 +205,18 @@ class LocalServer:
             print(f"swallow-server: no server at {args.url}; loading {settings.model} in this process…",
                   file=sys.stderr, flush=True)
 
-        from models.loading import prepare_model
+        from server.registry.setup import open_registry
 
         try:
-            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code)
-        except ModelError as e:
+            self.registry = open_registry(settings, [args.model] if args.model else None)
+        except (ModelError, ConfigError) as e:
             raise ClientError(str(e)) from e
 
         import uvicorn
 
         from server.app import create_app
-        from server.engine.engine import Engine
 
-        self.engine = Engine(settings, model_path)
-        self.engine.start()
-        try:
-            loaded = self.engine.wait_until_loaded()
-        except ModelError as e:
-            self.engine.stop()
-            raise ClientError(str(e)) from e
-        app = create_app(settings, self.engine, loaded)
+        app = create_app(settings, self.registry)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 access_log=False, timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
@@ -241,7 +233,7 @@ class LocalServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        self.engine.stop()
+        self.registry.stop()
 
 
 class Connection:

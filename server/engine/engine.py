@@ -54,6 +54,7 @@ STOP_TOKENS = (200002, 200012, 199999)
 class Engine:
     def __init__(self, settings: Settings, model_path=None):
         self.settings = settings
+        self.name = settings.served_model_name or settings.model  # the model's label in metrics
         self.model_path = model_path  # found by models.loading.prepare_model, when already done
         self.loaded: LoadedModel | None = None
         self.load_error: Exception | None = None

@@ -7,9 +7,13 @@
   first generated token; swallow_time_per_output_token_seconds: between consecutive tokens
 - swallow_turns_total{finish_reason}: assistant turns that ended (stop, length, tool_calls, error)
 - swallow_requests_running / swallow_requests_queued: admission's slots held and requests waiting;
-  swallow_engine_sequences / swallow_engine_waiting: the engine's batch and its inbox;
+  per model (label `model`, loaded models only): swallow_engine_sequences / swallow_engine_waiting:
+  the engine's batch and its inbox;
   swallow_engine_waiting_for_memory: requests held until their KV cache fits (memory-aware admission);
   swallow_kv_reserved_bytes / swallow_kv_budget_bytes: what the running requests may need, of what there is
+- swallow_model_loaded{model}, swallow_model_weights_bytes{model}, swallow_requests_waiting_for_model{model},
+  swallow_model_loads_total{model}, swallow_model_unloads_total{model,reason}: the models (server/registry/)
+- tokens, times and turns carry the `model` label too
 - swallow_prompt_cache_hits_total, swallow_prompt_cache_reused_tokens_total: turns whose prompt
   started from the prompt cache, and the prompt tokens it saved
 - swallow_reasoning_stops_total{reason}: analyses the server ended and turned into the answer,
@@ -20,7 +24,7 @@
   delivered as text (no client can act on them)
 - process_* (memory, CPU, open files) and python_gc_*
 
-One registry per process (one server per process). run_turn (server/turn/run.py) reports through
+One registry per process (one server per process; bind() again replaces the model gauges). run_turn (server/turn/run.py) reports through
 a TurnWatch, so every API that generates is counted the same way.
 """
 
@@ -41,6 +45,8 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 disable_created_metrics()  # no *_created series beside every counter and histogram
 REGISTRY = CollectorRegistry()
@@ -56,21 +62,25 @@ HTTP_REQUESTS = Counter("swallow_http_requests", "HTTP requests answered, by end
 HTTP_SECONDS = Histogram("swallow_http_request_duration_seconds", "Time from a request's arrival to its "
                          "last byte (streams included)", ["endpoint"], registry=REGISTRY,
                          buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-PROMPT_TOKENS = Counter("swallow_prompt_tokens", "Prompt tokens of the turns started (tokens in)",
+PROMPT_TOKENS = Counter("swallow_prompt_tokens", "Prompt tokens of the turns started (tokens in)", ["model"],
                         registry=REGISTRY)
-COMPLETION_TOKENS = Counter("swallow_completion_tokens", "Tokens generated (tokens out)", registry=REGISTRY)
+COMPLETION_TOKENS = Counter("swallow_completion_tokens", "Tokens generated (tokens out)", ["model"],
+                            registry=REGISTRY)
 FIRST_TOKEN_SECONDS = Histogram("swallow_time_to_first_token_seconds", "From a request's arrival to its "
-                                "first generated token", registry=REGISTRY,
+                                "first generated token", ["model"], registry=REGISTRY,
                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80))
 TOKEN_SECONDS = Histogram("swallow_time_per_output_token_seconds", "Time between consecutive generated "
-                          "tokens of a request", registry=REGISTRY,
+                          "tokens of a request", ["model"], registry=REGISTRY,
                           buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5))
-TURNS = Counter("swallow_turns", "Assistant turns that ended, by finish reason", ["finish_reason"],
-                registry=REGISTRY)
-CACHE_HITS = Counter("swallow_prompt_cache_hits", "Turns whose prompt started from the prompt cache",
+TURNS = Counter("swallow_turns", "Assistant turns that ended, by model and finish reason",
+                ["model", "finish_reason"], registry=REGISTRY)
+CACHE_HITS = Counter("swallow_prompt_cache_hits", "Turns whose prompt started from the prompt cache", ["model"],
                      registry=REGISTRY)
 CACHE_TOKENS = Counter("swallow_prompt_cache_reused_tokens", "Prompt tokens taken from the prompt cache "
-                       "instead of being computed", registry=REGISTRY)
+                       "instead of being computed", ["model"], registry=REGISTRY)
+MODEL_LOADS = Counter("swallow_model_loads", "Times a model was loaded", ["model"], registry=REGISTRY)
+MODEL_UNLOADS = Counter("swallow_model_unloads", "Times a model was unloaded, by why (keep_alive, room, request)",
+                        ["model", "reason"], registry=REGISTRY)
 REASONING_STOPS = Counter("swallow_reasoning_stops", "Analyses the server ended to open the answer, by "
                           "reason (budget, loop)", ["reason"], registry=REGISTRY)
 for _reason in ("budget", "loop"):
@@ -81,17 +91,6 @@ UNDECLARED_CALLS = Counter("swallow_undeclared_tool_calls", "Tool calls the mode
                            "did not declare, delivered as text instead", registry=REGISTRY)
 RUNNING = Gauge("swallow_requests_running", "Requests holding a generation slot", registry=REGISTRY)
 QUEUED = Gauge("swallow_requests_queued", "Requests waiting for a generation slot", registry=REGISTRY)
-ENGINE_SEQUENCES = Gauge("swallow_engine_sequences", "Sequences in the engine's batch (prefilling or "
-                         "decoding)", registry=REGISTRY)
-ENGINE_WAITING_MEMORY = Gauge("swallow_engine_waiting_for_memory", "Requests the engine holds until their KV "
-                              "cache fits beside the running ones", registry=REGISTRY)
-KV_RESERVED = Gauge("swallow_kv_reserved_bytes", "KV cache memory reserved for the running requests' worst case",
-                    registry=REGISTRY)
-KV_BUDGET = Gauge("swallow_kv_budget_bytes", "Memory the KV caches may use (running requests and the prompt "
-                  "cache)", registry=REGISTRY)
-ENGINE_WAITING = Gauge("swallow_engine_waiting", "Requests submitted to the engine, not yet in its batch",
-                       registry=REGISTRY)
-
 router = APIRouter()
 
 
@@ -100,23 +99,75 @@ def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def bind(admission, engine) -> None:
-    """Point the gauges at the live counts."""
+def bind(admission, registry) -> None:
+    """Point the gauges at the live counts: the server's, and each model's."""
     RUNNING.set_function(lambda: admission.running)
     QUEUED.set_function(lambda: admission.queued)
-    ENGINE_SEQUENCES.set_function(lambda: engine.running)
-    ENGINE_WAITING.set_function(lambda: engine.waiting)
-    ENGINE_WAITING_MEMORY.set_function(lambda: engine.waiting_for_memory)
-    KV_RESERVED.set_function(lambda: engine.memory_stats()["kv_reserved_bytes"])
-    KV_BUDGET.set_function(lambda: engine.kv_budget)
+    global _models
+    if _models is not None:
+        REGISTRY.unregister(_models)
+    _models = ModelGauges(registry)
+    REGISTRY.register(_models)
+
+    def counted(model: str, change: str, reason: str) -> None:  # reason: room, keep_alive, request
+        if change == "load":
+            MODEL_LOADS.labels(model).inc()
+        else:
+            MODEL_UNLOADS.labels(model, reason).inc()
+
+    registry.on_change = counted
+
+
+class ModelGauges(Collector):
+    """Per-model gauges, read from the registry at each scrape (models come and go)."""
+
+    ENGINE = (  # name, help, what of a loaded model's engine
+        ("swallow_engine_sequences", "Sequences in the model's batch (prefilling or decoding)",
+         lambda e: e.running),
+        ("swallow_engine_waiting", "Requests submitted to the model's engine, not yet in its batch",
+         lambda e: e.waiting),
+        ("swallow_engine_waiting_for_memory", "Requests the engine holds until their KV cache fits beside the "
+         "running ones", lambda e: e.waiting_for_memory),
+        ("swallow_kv_reserved_bytes", "KV cache memory reserved for the running requests' worst case",
+         lambda e: e.memory_stats()["kv_reserved_bytes"]),
+        ("swallow_kv_budget_bytes", "Memory the KV caches may use (running requests and the prompt cache)",
+         lambda e: e.kv_budget),
+    )
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self):
+        slots = list(self.registry.slots.values())
+        loaded = GaugeMetricFamily("swallow_model_loaded", "1 while the model is loaded", labels=["model"])
+        waiting = GaugeMetricFamily("swallow_requests_waiting_for_model", "Requests waiting for their model "
+                                    "to load", labels=["model"])
+        weights = GaugeMetricFamily("swallow_model_weights_bytes", "Memory the loaded model's weights take",
+                                    labels=["model"])
+        for slot in slots:
+            loaded.add_metric([slot.name], float(slot.state is not None))
+            waiting.add_metric([slot.name], slot.waiting)
+            if slot.state is not None:
+                weights.add_metric([slot.name], self.registry.size(slot))
+        yield from (loaded, waiting, weights)
+        for name, text, read in self.ENGINE:
+            family = GaugeMetricFamily(name, text, labels=["model"])
+            for slot in slots:
+                if slot.state is not None:
+                    family.add_metric([slot.name], read(slot.state.engine))
+            yield family
+
+
+_models: ModelGauges | None = None
 
 
 class TurnWatch:
     """One assistant turn's numbers: created when the turn starts, told of every generated
     token, closed when it stops listening, told how it ended."""
 
-    def __init__(self, prompt_tokens: int):
-        PROMPT_TOKENS.inc(prompt_tokens)
+    def __init__(self, prompt_tokens: int, model: str):
+        self.model = model
+        PROMPT_TOKENS.labels(model).inc(prompt_tokens)
         self.start = REQUEST_START.get() or time.perf_counter()
         self.last: float | None = None
         self.closed = False
@@ -124,11 +175,11 @@ class TurnWatch:
     def token(self) -> None:
         now = time.perf_counter()
         if self.last is None:
-            FIRST_TOKEN_SECONDS.observe(now - self.start)
+            FIRST_TOKEN_SECONDS.labels(self.model).observe(now - self.start)
         else:
-            TOKEN_SECONDS.observe(now - self.last)
+            TOKEN_SECONDS.labels(self.model).observe(now - self.last)
         self.last = now
-        COMPLETION_TOKENS.inc()
+        COMPLETION_TOKENS.labels(self.model).inc()
 
     def close(self, generation) -> None:
         if self.closed:
@@ -136,8 +187,8 @@ class TurnWatch:
         self.closed = True
         cached = getattr(generation, "cached_tokens", 0) or 0
         if cached:
-            CACHE_HITS.inc()
-            CACHE_TOKENS.inc(cached)
+            CACHE_HITS.labels(self.model).inc()
+            CACHE_TOKENS.labels(self.model).inc(cached)
 
     def end(self, end) -> None:
-        TURNS.labels(end.finish_reason).inc()
+        TURNS.labels(self.model, end.finish_reason).inc()

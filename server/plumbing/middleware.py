@@ -73,10 +73,9 @@ def origin_regex(origins: list[str]) -> re.Pattern | None:
 
 
 def _template_pattern(template: str) -> re.Pattern:
-    """/v1/models/{model_id} -> a pattern; the last parameter may hold slashes (model ids do)."""
-    pattern = re.escape(template)
-    pattern = re.sub(r"\\\{[^}\\]*\\\}$", ".+", pattern)
-    return re.compile(re.sub(r"\\\{[^}\\]*\\\}", "[^/]+", pattern))
+    """/v1/models/{model_id}/load -> a pattern; parameters may hold slashes (model ids do): the
+    templates are tried longest first, so /v1/models/a/b/load is the load route's."""
+    return re.compile(re.sub(r"\\\{[^}\\]*\\\}", ".+", re.escape(template)))
 
 
 def _header(scope, name: bytes) -> bytes | None:

@@ -57,9 +57,10 @@ def _file(path: Path) -> FileResponse:
 
 @router.get("/status.json", include_in_schema=False)
 def status(request: Request) -> dict:
-    state = request.app.state.server
+    registry = request.app.state.registry
     admission = request.app.state.admission
-    engine = state.engine
+    default = registry.default
+    engines = [slot.state.engine for slot in registry.loaded]
     completion = _total("swallow_completion_tokens")
     prompt = _total("swallow_prompt_tokens")
     # turns that ended, or (more, when some were stopped before they ended) generating requests answered
@@ -68,21 +69,22 @@ def status(request: Request) -> dict:
     reused = _total("swallow_prompt_cache_reused_tokens")
     history = _history(request.app, completion)
     return {
-        "model": state.model_id,
-        "context_length": state.context_length,
-        "loaded": engine.ready,
+        "model": default.name,
+        "context_length": default.state.context_length if default.state else default.listed.context_length(),
+        "loaded": default.state is not None and default.state.engine.ready,
+        "models_loaded": [slot.name for slot in registry.loaded],
         "platform": sys.platform,
-        "memory": _memory(request.app, engine),
+        "memory": _memory(sum(registry.size(slot) for slot in registry.loaded)),
         "requests": {
             "running": admission.running,
             "queued": admission.queued,
             "max_concurrency": admission.max_concurrency,
             "max_queue": admission.max_queue,
-            "engine_sequences": engine.running,
-            "engine_waiting": engine.waiting,
+            "engine_sequences": sum(engine.running for engine in engines),
+            "engine_waiting": sum(engine.waiting for engine in engines),
         },
         "prompt_cache": {
-            **engine.cache_stats(),
+            **(default.state.engine.cache_stats() if default.state else {}),
             "hits": int(hits),
             "turns": int(turns),
             "hit_rate": min(1.0, hits / turns) if turns else None,
@@ -121,8 +123,8 @@ def _history(app, completion: float) -> list[dict]:
             for a, b in pairwise(samples)]
 
 
-def _memory(app, engine) -> dict:
-    memory = {"weights_bytes": _weights_bytes(app, engine), "process_rss_bytes": _rss()}
+def _memory(weights_bytes: int) -> dict:
+    memory = {"weights_bytes": weights_bytes or None, "process_rss_bytes": _rss()}
     try:
         import mlx.core as mx
 
@@ -131,19 +133,6 @@ def _memory(app, engine) -> dict:
     except (ImportError, AttributeError):  # an mlx without these counters
         return memory
     return memory
-
-
-def _weights_bytes(app, engine) -> int | None:
-    known = getattr(app.state, "web_weights_bytes", None)
-    if known is None and engine.ready:
-        try:
-            from mlx.utils import tree_flatten
-
-            known = sum(v.nbytes for _, v in tree_flatten(engine.loaded.model.parameters()))
-        except (ImportError, AttributeError, TypeError):  # a model without mlx parameters
-            known = None
-        app.state.web_weights_bytes = known
-    return known
 
 
 def _rss() -> int | None:

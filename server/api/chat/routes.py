@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 
 from server.api.chat.prompt import turn_spec
 from server.api.chat.schema import ChatCompletionRequest
-from server.state import ServerState, sampling_params
+from server.registry.lease import serving
+from server.state import sampling_params
 from server.turn.logprobs import openai_entry
 from server.turn.pipeline import Turn, check_n, merged
 from server.turn.run import TurnEnd
@@ -41,7 +42,7 @@ def _sse(payload: dict) -> str:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    state: ServerState = request.app.state.server
+    state = await serving(request, body.model, body.keep_alive)
     n = check_n(state, body.n)
     spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
     turns = await Turn.open_many(state, spec, n)

@@ -119,6 +119,8 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
+    # Ollama's: how long the model stays loaded once idle ("5m", 300, 0, -1: forever)
+    keep_alive: str | float | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1), AT_MOST_MAX_MESSAGES]
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from server.api.completions.schema import DEFAULT_MAX_TOKENS, CompletionRequest
 from server.engine.engine import STOP_TOKENS, Finished
 from server.plumbing.errors import APIError
+from server.registry.lease import serving
 from server.state import ServerState, sampling_params
 from server.turn.logprobs import token_bytes, token_text
 from server.turn.pipeline import check_context, check_n, merged, seeded
@@ -166,7 +167,7 @@ def _sse(payload: dict) -> str:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    state: ServerState = request.app.state.server
+    state = await serving(request, body.model, body.keep_alive)
     choices, prompts = _choices(state, body)
     meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": state.model_id}

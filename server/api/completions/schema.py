@@ -23,6 +23,8 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
+    # Ollama's: how long the model stays loaded once idle ("5m", 300, 0, -1: forever)
+    keep_alive: str | float | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
     suffix: str | None = None
     max_tokens: Annotated[int, Field(ge=0)] | None = None

@@ -17,7 +17,8 @@ from server.api.messages.errors import error_event
 from server.api.messages.output import ContentBuilder, stop_reason, usage
 from server.api.messages.prompt import turn_spec
 from server.api.messages.schema import CountTokensRequest, MessagesRequest
-from server.state import ServerState, sampling_params
+from server.registry.lease import facts, serving
+from server.state import sampling_params
 from server.turn.pipeline import Turn, render, with_heartbeat
 from server.turn.run import TurnEnd
 
@@ -32,7 +33,7 @@ def _sse(event: dict) -> str:
 
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request):
-    state: ServerState = request.app.state.server
+    state = await serving(request, body.model, body.keep_alive)
     spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
     turn = await Turn.open(state, spec)
     message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
@@ -80,6 +81,6 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
-    state: ServerState = request.app.state.server
+    state = facts(request, body.model)
     spec, _ = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
     return {"input_tokens": len(render(state, spec).tokens)}

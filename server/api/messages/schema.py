@@ -150,6 +150,8 @@ class MessagesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
+    # Ollama's: how long the model stays loaded once idle ("5m", 300, 0, -1: forever)
+    keep_alive: str | float | None = None
     max_tokens: Annotated[int, Field(ge=1)]
     messages: Annotated[list[Message], Field(min_length=1), AT_MOST_MAX_MESSAGES]
     system: str | list[TextBlock] | None = None

@@ -23,7 +23,8 @@ from server.api.responses.schema import InputItem, ResponsesRequest
 from server.api.responses.store import ResponseStore, with_ids
 from server.plumbing.errors import APIError
 from server.plumbing.limits import check_total
-from server.state import ServerState, sampling_params
+from server.registry.lease import serving
+from server.state import sampling_params
 from server.turn.pipeline import Turn
 from server.turn.run import TurnEnd
 
@@ -44,7 +45,7 @@ def _not_found(response_id: str) -> APIError:
 
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request):
-    state: ServerState = request.app.state.server
+    state = await serving(request, body.model, body.keep_alive)
     settings = state.settings
     store = _store(request)
     history = []

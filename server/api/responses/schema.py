@@ -236,6 +236,8 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
+    # Ollama's: how long the model stays loaded once idle ("5m", 300, 0, -1: forever)
+    keep_alive: str | float | None = None
     input: Annotated[list[InputItem], AT_MOST_MAX_MESSAGES] | None = None
     instructions: str | None = None
     stream: bool = False

@@ -19,7 +19,8 @@ from models.vocab import VOCAB_SIZE
 from server.api.chat.prompt import turn_spec
 from server.api.chat.schema import ChatCompletionRequest
 from server.plumbing.errors import invalid_request
-from server.state import ServerState, sampling_params
+from server.registry.lease import facts
+from server.state import sampling_params
 from server.turn.logprobs import token_bytes
 from server.turn.pipeline import render
 
@@ -46,7 +47,7 @@ class DetokenizeRequest(BaseModel):
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
-    state: ServerState = request.app.state.server
+    state = facts(request, body.model)
     if body.messages is not None:
         try:
             chat = ChatCompletionRequest.model_validate(body.model_dump(exclude={"prompt", "content"}))
@@ -66,7 +67,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
-    state: ServerState = request.app.state.server
+    state = facts(request, body.model)
     bad = next((t for t in body.tokens if not 0 <= t < VOCAB_SIZE), None)
     if bad is not None:
         raise invalid_request(f"token id {bad} is outside the vocabulary (0..{VOCAB_SIZE - 1})", param="tokens")

@@ -1,0 +1,54 @@
+"""A request's model: picked by the `model` it names, held until its answer has been sent.
+
+Routes call `serving(request, body.model, body.keep_alive)`; the model stays busy (never
+unloaded) until the whole response, stream included, is out: HoldModels, the innermost
+middleware, gives it back when the app has finished with the request.
+"""
+
+from fastapi import Request
+
+from server.plumbing.errors import invalid_request
+from server.registry import keep_alive as durations
+from server.state import ServerState
+
+RELEASES = "swallow_model_releases"
+
+
+async def serving(request: Request, name: str | None, keep_alive=None) -> ServerState:
+    """The loaded model this request names (loading it if it must), held for the request."""
+    registry = request.app.state.registry
+    slot = registry.find(name)
+    if keep_alive is None:
+        wait = "unchanged"
+    else:
+        try:
+            wait = durations.seconds(keep_alive)
+        except ValueError as e:
+            raise invalid_request(str(e), param="keep_alive") from None
+    state = await registry.acquire(slot, wait)
+    request.scope.setdefault("state", {}).setdefault(RELEASES, []).append(lambda: registry.release(slot))
+    return state
+
+
+def facts(request: Request, name: str | None) -> ServerState:
+    """The named model's settings and tokenizer, without loading it (tokenizing needs no engine)."""
+    registry = request.app.state.registry
+    return registry.facts(registry.find(name))
+
+
+class HoldModels:
+    """Gives back the models a request took once the app is done with it (its last byte sent)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        releases = scope.setdefault("state", {}).setdefault(RELEASES, [])
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for release in releases:
+                release()
+            releases.clear()
