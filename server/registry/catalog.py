@@ -77,7 +77,7 @@ def build(settings: Settings, command_line: list[str] | None = None) -> tuple[li
     entries = list(settings.models)
     chosen: list[ModelEntry] = []
     for value in command_line or []:
-        alias, _, spec = value.rpartition("=") if "=" in value and not Path(value).exists() else ("", "", value)
+        alias, _, spec = value.partition("=") if "=" in value and not Path(value).exists() else ("", "", value)
         entry = _find(entries, alias or spec) or _find(entries, spec)
         if entry is None:
             entry = ModelEntry(model=spec, alias=alias)
