@@ -80,6 +80,8 @@ def create_app(settings: Settings, engine: Engine, loaded: LoadedModel) -> FastA
         engine = state.engine
         body = {"status": "ok", "model": state.model_id, "running": engine.running, "waiting": engine.waiting,
                 "memory": engine.memory_stats(), "prompt_cache": engine.cache_stats()}
+        if getattr(engine, "world", None) is not None:  # under mlx.launch: the ranks serving the model
+            body["distributed"] = engine.world.describe()
         if engine.dead is not None:  # the process is about to exit (non-zero) for a restart
             return JSONResponse({**body, "status": "error", "error": f"the engine stopped: {engine.dead}"},
                                 status_code=503)

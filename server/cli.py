@@ -57,21 +57,40 @@ def serve(argv: list[str]) -> int:
 
     preload_openblas(settings.openblas)  # may start this process again, with OpenBLAS loaded
 
+    # Under mlx.launch: join the other ranks, and serve with rank 0's settings (server/distributed/).
+    from server.distributed.world import join_world
+
+    try:
+        world, settings = join_world(settings)
+    except ValueError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        return 2
+
     # Find (or download) and check the model before the heavy imports: a bad --model fails at once.
     from models.loading import prepare_model
 
     try:
-        model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code)
+        model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code,
+                                   shards=world.size if world else 1)
     except ModelError as e:
         print(f"swallow-server: {e}", file=sys.stderr)
         return 1
+    if world is not None and world.rank > 0:  # no HTTP: the engine only, in step with rank 0
+        from server.distributed.follower import serve_follower
+
+        return world.finish(serve_follower(world, settings, model_path))
 
     import uvicorn
 
     from server.app import create_app
     from server.engine.engine import Engine
 
-    engine = Engine(settings, model_path)
+    if world is None:
+        engine = Engine(settings, model_path)
+    else:
+        from server.engine.lockstep import DistributedEngine
+
+        engine = DistributedEngine(settings, model_path, world)
     engine.start()
     try:
         loaded = engine.wait_until_loaded()
@@ -97,11 +116,13 @@ def serve(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: None)
     server.run()
     engine.stop()
+    status = 0
     if engine.dead is not None:
         log.error("the engine died (%s): exiting with status 1 so a supervisor restarts the server", engine.dead)
-        return 1
-    log.info("engine stopped; exiting")
-    return 0
+        status = 1
+    else:
+        log.info("engine stopped; exiting")
+    return status if world is None else world.finish(status)
 
 
 def main(argv: list[str] | None = None) -> int:
