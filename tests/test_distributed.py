@@ -109,7 +109,7 @@ def test_seeded_sampling_and_structured_output_match_one_process(two_ranks, demo
         completion(demo_server, "Once upon a time", **sampled))
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
               "required": ["name", "age"], "additionalProperties": False}
-    request = {"model": "demo", "messages": [{"role": "user", "content": "A person, as JSON"}], "max_tokens": 200,
+    request = {"model": "demo", "messages": [{"role": "user", "content": "A person, as JSON"}], "max_tokens": 64,
                "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
                "reasoning_effort": "low"}
     split, whole = (httpx.post(f"{server.url}/v1/chat/completions", json=request, timeout=120)
@@ -120,7 +120,7 @@ def test_seeded_sampling_and_structured_output_match_one_process(two_ranks, demo
 
 
 def test_concurrent_requests_each_match_one_process(two_ranks, demo_server):
-    requests = [(prompt, 24 + 8 * i) for i, prompt in enumerate(PROMPTS * 2)]
+    requests = [(prompt, 16 + 6 * i) for i, prompt in enumerate(PROMPTS * 2)]
     alone = [tokens(completion(demo_server, p, n)) for p, n in requests]
 
     async def together():
