@@ -104,14 +104,16 @@ def memory_limit_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(model_dir: Path) -> None:
-    """ModelError when the model's weights alone exceed the memory they may use here."""
+def check_memory(model_dir: Path, shards: int = 1) -> None:
+    """ModelError when the model's weights alone exceed the memory they may use here (`shards`:
+    processes splitting the model, each holding about 1/shards of it)."""
     model_dir = Path(model_dir)
-    needed = sum(f.stat().st_size for f in model_dir.glob("model*.safetensors"))
+    needed = sum(f.stat().st_size for f in model_dir.glob("model*.safetensors")) // max(1, shards)
     limit = memory_limit_bytes()
     if needed > limit:
+        split = f" (its share on each of {shards} processes)" if shards > 1 else ""
         raise ModelError(
-            f"The model in {model_dir} needs ~{_gb(needed)} of memory for its weights, but this "
+            f"The model in {model_dir} needs ~{_gb(needed)}{split} of memory for its weights, but this "
             f"machine can give a model only ~{_gb(limit)}. Use a smaller variant (for example a "
             "6-bit conversion, ~17 GB, instead of 8-bit or fp16), or --model demo to try the "
             "server with a tiny random model."
@@ -149,7 +151,7 @@ def _weights_summary(model) -> tuple[str, int]:
     return (max(by_dtype, key=by_dtype.get) if by_dtype else "unknown"), total
 
 
-def prepare_model(spec: str, *, trust_remote_code: bool = False) -> Path:
+def prepare_model(spec: str, *, trust_remote_code: bool = False, shards: int = 1) -> Path:
     """Everything that can fail before loading, and is cheap: find (or download) the model,
     read its config, check trust and memory. Raises ModelError with a message for the user."""
     path = resolve_model_path(spec)
@@ -163,12 +165,18 @@ def prepare_model(spec: str, *, trust_remote_code: bool = False) -> Path:
             f"({config['model_file']}). That code runs on your machine with your permissions, so it "
             "is off by default: pass --trust-remote-code if you trust this model's author."
         )
-    check_memory(path)
+    check_memory(path, shards)
     return path
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None = None) -> LoadedModel:
+def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None = None,
+               group=None) -> LoadedModel:
     """Find, check and load a model, ready to run (`path`: what prepare_model already found).
+
+    `group`: an mx.distributed group of more than one process (tensor parallelism): the model is
+    split with its own `shard(group)` before any weight is read, so this process holds only its
+    part of the sharded weights (attention heads and the experts' hidden units) plus the parts
+    every rank keeps whole (embeddings, norms, router, output head).
 
     Runs on the server's generation thread (MLX streams belong to the thread that made them), so
     it must not start threads of its own."""
@@ -192,6 +200,11 @@ def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None 
             f"mlx-lm could not load the model in {path}: {e}. swallow-server needs a GPT-OSS model "
             f"in MLX format (safetensors with config.json). {_USAGE_HINT}"
         ) from e
+    if group is not None and group.size() > 1:
+        if not hasattr(model, "shard"):
+            raise ModelError(f"The model in {path} ({config.get('model_type')}) cannot be split across "
+                             "processes: its mlx-lm architecture has no shard().")
+        model.shard(group)  # still lazy: only this rank's slices are read below
     if not has_gpu():
         _to_float32(model)
     mx.eval(model.parameters())

@@ -71,6 +71,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
                                   "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
                 "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]}}
+        if registry.world is not None:  # under mlx.launch: the ranks serving the model
+            body["distributed"] = registry.world.describe()
         if registry.dead is not None:  # the process is about to exit (non-zero) for a restart
             return JSONResponse({**body, "status": "error", "error": f"the engine stopped: {registry.dead}"},
                                 status_code=503)

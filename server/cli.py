@@ -59,13 +59,33 @@ def serve(argv: list[str]) -> int:
 
     preload_openblas(settings.openblas)  # may start this process again, with OpenBLAS loaded
 
+    # Under mlx.launch: join the other ranks, and serve one model with rank 0's settings
+    # (server/distributed/); the others run only its engine, in step.
+    from server.distributed.world import join_world
+
+    try:
+        world, settings = join_world(settings, args.models_given)
+    except ValueError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        return 2
+    if world is not None and world.rank > 0:
+        from models.loading import prepare_model
+        from server.distributed.follower import serve_follower
+
+        try:
+            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size)
+        except ModelError as e:
+            print(f"swallow-server: {e}", file=sys.stderr)
+            return world.finish(1)
+        return world.finish(serve_follower(world, settings, model_path))
+
     from server.registry.setup import open_registry
 
     try:  # the models to serve; the default one is found (or downloaded), checked and loaded now
-        registry = open_registry(settings, args.models_given)
+        registry = open_registry(settings, args.models_given, world=world)
     except (ModelError, ConfigError) as e:
         print(f"swallow-server: {e}", file=sys.stderr)
-        return 1
+        return 1 if world is None else world.finish(1)
 
     import uvicorn
 
@@ -91,11 +111,13 @@ def serve(argv: list[str]) -> int:
     server.run()
     dead = registry.dead
     registry.stop()
+    status = 0
     if dead is not None:
         log.error("the engine died (%s): exiting with status 1 so a supervisor restarts the server", dead)
-        return 1
-    log.info("engine stopped; exiting")
-    return 0
+        status = 1
+    else:
+        log.info("engine stopped; exiting")
+    return status if world is None else world.finish(status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,9 @@ class Settings(BaseModel):
     openblas: bool = True  # Linux CPU: preload Debian's OpenBLAS when installed (server/blas.py)
     kv_memory_mb: int = Field(0, ge=0)  # memory for KV caches; 0: what the machine has (engine/memory.py)
 
+    # [distributed]: under mlx.launch only (server/distributed/)
+    distributed_timeout: float = Field(20, gt=0)  # seconds a rank may wait for the others in one step
+
     # [responses]
     data_dir: str = ""  # stored responses (SQLite); empty: <cache dir>/responses
     responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept

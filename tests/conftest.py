@@ -45,15 +45,16 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """`python -m server ARGS` on a free port, until stop()."""
+    """`python -m server ARGS` on a free port, until stop(); `launcher`: the command it runs under
+    (e.g. mlx.launch -n 2 --)."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None, launcher: list[str] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), *args],
+            [*launcher, sys.executable, "-m", "server", "--port", str(self.port), *args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
@@ -102,11 +103,11 @@ def start_server(tmp_path_factory, cache_dir):
     """Factory: start_server(args) -> RunningServer, stopped at the end of the session."""
     servers = []
 
-    def start(args: list[str], env: dict | None = None) -> RunningServer:
+    def start(args: list[str], env: dict | None = None, launcher: list[str] = ()) -> RunningServer:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
         # a data_dir of its own (stored responses, prompt-cache snapshots) unless the test shares one
         env = {"SWALLOW_DATA_DIR": str(log_path.parent / "data"), **(env or {})}
-        server = RunningServer(args, log_path, env)
+        server = RunningServer(args, log_path, env, launcher)
         servers.append(server)
         return server
 

@@ -51,6 +51,18 @@ log = logging.getLogger("swallow.engine")
 STOP_TOKENS = (200002, 200012, 199999)
 
 
+def new_batch(model, settings: Settings) -> BatchGenerator:
+    # A stream of this thread: mlx-lm's module-level stream belongs to the importing thread.
+    return BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in STOP_TOKENS],
+        completion_batch_size=settings.max_batch_size,
+        prefill_batch_size=min(8, settings.max_batch_size),
+        prefill_step_size=settings.prefill_step_size,
+        stream=mx.default_stream(mx.default_device()),
+    )
+
+
 class Engine:
     def __init__(self, settings: Settings, model_path=None):
         self.settings = settings
@@ -151,12 +163,15 @@ class Engine:
 
     # ---- engine thread ---------------------------------------------------------------
 
+    def _load(self) -> None:
+        self.loaded = load_model(self.settings.model, trust_remote_code=self.settings.trust_remote_code,
+                                 path=self.model_path)
+        self.kv_cost = measure_kv_cost(self.loaded.model)
+        self.kv_budget, self.kv_budget_source = cache_budget(self.settings.kv_memory_mb)
+
     def _run(self) -> None:
         try:
-            self.loaded = load_model(self.settings.model, trust_remote_code=self.settings.trust_remote_code,
-                                     path=self.model_path)
-            self.kv_cost = measure_kv_cost(self.loaded.model)
-            self.kv_budget, self.kv_budget_source = cache_budget(self.settings.kv_memory_mb)
+            self._load()
             log.info("KV caches: %.0f bytes per token + %d fixed per request; %.0f MiB for caches (%s)",
                      self.kv_cost.per_token, self.kv_cost.fixed, self.kv_budget / 2**20, self.kv_budget_source)
         except Exception as e:  # reported by wait_until_loaded
@@ -273,15 +288,7 @@ class Engine:
         self._release_followers(batch, generation)
 
     def _new_batch(self) -> BatchGenerator:
-        # A stream of this thread: mlx-lm's module-level stream belongs to the importing thread.
-        return BatchGenerator(
-            self.loaded.model,
-            stop_tokens=[[t] for t in STOP_TOKENS],
-            completion_batch_size=self.settings.max_batch_size,
-            prefill_batch_size=min(8, self.settings.max_batch_size),
-            prefill_step_size=self.settings.prefill_step_size,
-            stream=mx.default_stream(mx.default_device()),
-        )
+        return new_batch(self.loaded.model, self.settings)
 
     def _apply_commands(self, batch: BatchGenerator, block: bool) -> bool:
         """Takes the waiting commands; False when the engine must stop."""

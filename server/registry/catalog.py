@@ -77,7 +77,7 @@ def build(settings: Settings, command_line: list[str] | None = None) -> tuple[li
     entries = list(settings.models)
     chosen: list[ModelEntry] = []
     for value in command_line or []:
-        alias, _, spec = value.partition("=") if "=" in value and not Path(value).exists() else ("", "", value)
+        alias, spec = split_alias(value)
         entry = _find(entries, alias or spec) or _find(entries, spec)
         if entry is None:
             entry = ModelEntry(model=spec, alias=alias)
@@ -103,6 +103,14 @@ def build(settings: Settings, command_line: list[str] | None = None) -> tuple[li
     if settings.discover_cached_models:
         listed += [m for m in discover(settings) if m.spec not in taken and m.name not in taken]
     return listed, next(m for m in listed if m.name == default.name)
+
+
+def split_alias(value: str) -> tuple[str, str]:
+    """A --model value: "ALIAS=MODEL" -> (alias, model); "MODEL" (or a path holding "=") -> ("", model)."""
+    if "=" in value and not Path(value).exists():
+        alias, _, spec = value.partition("=")
+        return alias, spec
+    return "", value
 
 
 def discover(settings: Settings) -> list[Listed]:

@@ -58,12 +58,15 @@ class Slot:
 
 class Registry:
     def __init__(self, listed: list[Listed], default: Listed, budget: tuple[int, str], strict_names: bool,
-                 load_timeout: float):
+                 load_timeout: float, world=None):
         self.slots = {m.name: Slot(m, keep_alive=m.keep_alive) for m in listed}
         self.default = self.slots[default.name]
         self.budget, self.budget_from = budget
         self.strict_names = strict_names
         self.load_timeout = load_timeout
+        # Under mlx.launch the one model is split across the ranks (server/distributed/): it is
+        # never unloaded (the other ranks would leave with it).
+        self.world = world
         self.encoding = None  # harmony's encoding: the same o200k_harmony for every GPT-OSS model
         self.on_death = None  # called with (model, reason) when an engine thread dies
         self.on_change = None  # called with (model, "load" | "unload", reason) for the metrics
@@ -103,7 +106,7 @@ class Registry:
         is how long it stays loaded once idle, from this request on (Ollama's keep_alive)."""
         slot.leases += 1
         slot.last_used = time.monotonic()
-        if keep_alive != "unchanged":
+        if keep_alive != "unchanged" and self.world is None:
             slot.keep_alive = keep_alive
         if slot.state is not None:
             return slot.state
@@ -151,6 +154,9 @@ class Registry:
 
     async def unload(self, slot: Slot, reason: str) -> bool:
         """Unload it now when it is idle (True); a busy one is unloaded once its requests are done."""
+        if self.world is not None:
+            raise APIError(409, f"The model {slot.name!r} is split across {self.world.size} processes "
+                           "(mlx.launch) and stays loaded while they run.", code="model_pinned")
         if slot.busy:
             slot.keep_alive = 0.0  # the reaper takes it when the last request leaves
             return False
@@ -221,14 +227,20 @@ class Registry:
         from models.loading import prepare_model
 
         settings = slot.listed.settings
-        return prepare_model(slot.listed.spec, trust_remote_code=settings.trust_remote_code)
+        return prepare_model(slot.listed.spec, trust_remote_code=settings.trust_remote_code,
+                             shards=self.world.size if self.world else 1)
 
     def _start_engine(self, slot: Slot, path) -> ServerState:
         from server.engine.engine import Engine
 
         started = time.monotonic()
         settings = slot.listed.settings
-        engine = Engine(settings, path)
+        if self.world is None:
+            engine = Engine(settings, path)
+        else:
+            from server.engine.lockstep import DistributedEngine
+
+            engine = DistributedEngine(settings, path, self.world)
         engine.name = slot.name
         engine.on_death = lambda reason: self.on_death and self.on_death(slot.name, reason)
         engine.start()

@@ -23,14 +23,15 @@ def models_budget(settings: Settings) -> tuple[int, str]:
     return memory_limit_bytes(), where
 
 
-def open_registry(settings: Settings, command_line: list[str] | None = None) -> Registry:
-    """ConfigError for a bad model list, ModelError when the default model can't be loaded."""
+def open_registry(settings: Settings, command_line: list[str] | None = None, world=None) -> Registry:
+    """ConfigError for a bad model list, ModelError when the default model can't be loaded.
+    `world`: under mlx.launch (server/distributed/), the one model, split across its ranks."""
     try:
-        listed, default = catalog.build(settings, command_line)
+        listed, default = catalog.build(settings, None if world else command_line)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     registry = Registry(listed, default, models_budget(settings), settings.strict_model_names,
-                        settings.model_load_timeout)
+                        settings.model_load_timeout, world=world)
     log.info("models: %s (default %s); %.1f GB for weights (%s)", ", ".join(m.name for m in listed),
              default.name, registry.budget / 1e9, registry.budget_from)
     try:
