@@ -33,14 +33,12 @@ def scripted_dir(tmp_path_factory, cache_dir) -> Path:
                                 step_delay=STEP)
 
 
-@pytest.fixture(scope="module")
-def hf_cache(tmp_path_factory, cache_dir) -> Path:
-    """A Hugging Face hub cache holding one GPT-OSS repo (the demo model's files), as
-    `hf download` leaves it: blobs, a snapshot of links to them, refs/main."""
+def cache_repo(hub: Path, repo_id: str) -> None:
+    """The demo model's files as a GPT-OSS repo in a Hugging Face hub cache, as `hf download`
+    leaves it: blobs, a snapshot of links to them, refs/main."""
     from models.demo import demo_model_dir
 
-    hub = tmp_path_factory.mktemp("hub")
-    repo = hub / "models--example--tiny-gpt-oss"
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
     revision = "0" * 40
     snapshot = repo / "snapshots" / revision
     (repo / "blobs").mkdir(parents=True)
@@ -49,8 +47,15 @@ def hf_cache(tmp_path_factory, cache_dir) -> Path:
     (repo / "refs" / "main").write_text(revision)
     for i, source in enumerate(sorted(demo_model_dir().iterdir())):
         blob = repo / "blobs" / f"{i:040d}"
-        os.link(source, blob) if source.stat().st_dev == blob.parent.stat().st_dev else shutil.copy(source, blob)
+        shutil.copy(source, blob)
         (snapshot / source.name).symlink_to(os.path.relpath(blob, snapshot))
+
+
+@pytest.fixture(scope="module")
+def hf_cache(tmp_path_factory, cache_dir) -> Path:
+    """A Hugging Face hub cache holding one GPT-OSS repo."""
+    hub = tmp_path_factory.mktemp("hub")
+    cache_repo(hub, "example/tiny-gpt-oss")
     return hub
 
 
@@ -300,6 +305,13 @@ def test_models_of_the_hugging_face_cache_are_listed_and_served(roomy_server):
     health = roomy_server.health()
     assert health["models"]["example/tiny-gpt-oss"]["loaded"]
     assert 'model="example/tiny-gpt-oss"' in httpx.get(f"{roomy_server.url}/metrics").text
+
+
+def test_a_model_downloaded_while_the_server_runs_is_listed(roomy_server, hf_cache):
+    cache_repo(hf_cache, "example/downloaded-later")
+    card = wait_for(lambda: models(roomy_server).get("example/downloaded-later"), 20,
+                    "the new repo listed in /v1/models")
+    assert card["source"] == "Hugging Face cache" and card["loaded"] is False
 
 
 def test_models_command_shows_configured_cached_and_loaded(roomy_server, scripted_dir, hf_cache, tmp_path):

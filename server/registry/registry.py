@@ -30,6 +30,7 @@ from server.state import ServerState
 log = logging.getLogger("swallow.registry")
 
 REAP_EVERY = 0.25  # seconds between keep-alive checks
+RESCAN_EVERY = 5.0  # seconds between looks into the Hugging Face cache for new models
 
 
 @dataclass
@@ -58,8 +59,10 @@ class Slot:
 
 class Registry:
     def __init__(self, listed: list[Listed], default: Listed, budget: tuple[int, str], strict_names: bool,
-                 load_timeout: float, world=None):
+                 load_timeout: float, world=None, discover=None):
         self.slots = {m.name: Slot(m, keep_alive=m.keep_alive) for m in listed}
+        self.discover = discover  # () -> the Hugging Face cache's models, or None: not looked for
+        self._discovered_at = time.monotonic()
         self.default = self.slots[default.name]
         self.budget, self.budget_from = budget
         self.strict_names = strict_names
@@ -98,6 +101,17 @@ class Registry:
             raise APIError(404, f"The model {name!r} does not exist. This server serves: {known}.",
                            type="not_found_error", param="model", code="model_not_found")
         return self.default
+
+    async def refresh(self, every: float = RESCAN_EVERY) -> None:
+        """Adds the models downloaded into the Hugging Face cache since the last look (at most
+        one look every `every` seconds: /v1/models calls this). The scan runs off the loop."""
+        if self.discover is None or time.monotonic() - self._discovered_at < every:
+            return
+        self._discovered_at = time.monotonic()
+        for model in await asyncio.to_thread(self.discover):
+            if self.lookup(model.name) is None and self.lookup(model.spec) is None:
+                log.info("found %s in the Hugging Face cache", model.name)
+                self.slots[model.name] = Slot(model, keep_alive=model.keep_alive)
 
     # ---- using a model ----------------------------------------------------------------
 

@@ -51,6 +51,7 @@ def _known(request: Request, model_id: str) -> tuple[Registry, Slot]:
 @router.get("/v1/models")
 async def list_models(request: Request):
     registry: Registry = request.app.state.registry
+    await registry.refresh()  # models downloaded into the Hugging Face cache since the start
     return {"object": "list", "data": [card(registry, slot) for slot in registry.slots.values()]}
 
 

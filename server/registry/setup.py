@@ -30,8 +30,9 @@ def open_registry(settings: Settings, command_line: list[str] | None = None, wor
         listed, default = catalog.build(settings, None if world else command_line)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    discover = (lambda: catalog.discover(settings)) if settings.discover_cached_models and not world else None
     registry = Registry(listed, default, models_budget(settings), settings.strict_model_names,
-                        settings.model_load_timeout, world=world)
+                        settings.model_load_timeout, world=world, discover=discover)
     log.info("models: %s (default %s); %.1f GB for weights (%s)", ", ".join(m.name for m in listed),
              default.name, registry.budget / 1e9, registry.budget_from)
     try:
