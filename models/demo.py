@@ -140,10 +140,16 @@ def build_gpt_oss(
     return dst
 
 
+def built_demo_dir() -> Path | None:
+    """The demo model's directory when it has been built (nothing is built or logged)."""
+    path = cache_dir() / DEMO_NAME
+    return path if (path / "config.json").is_file() else None
+
+
 def demo_model_dir() -> Path:
     """The demo model's directory in the cache, built on first use and reused afterwards."""
     path = cache_dir() / DEMO_NAME
-    if not (path / "config.json").is_file():
+    if built_demo_dir() is None:
         # Builds are renamed into place complete, so a directory without config.json was left
         # by something else (a hand edit, a full disk): start over.
         if path.is_dir():

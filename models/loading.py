@@ -40,6 +40,14 @@ class LoadedModel:
     weights_bytes: int = 0  # what the loaded parameters take in memory
 
 
+DEFAULT_CONTEXT = 131072  # gpt-oss's, for a config that doesn't say
+
+
+def context_length_of(config: dict) -> int:
+    """A model's context size, from its config.json."""
+    return int(config.get("max_position_embeddings") or DEFAULT_CONTEXT)
+
+
 def _gb(n_bytes: int) -> str:
     return f"{n_bytes / 1e9:.1f} GB"
 
@@ -219,7 +227,7 @@ def load_model(spec: str, *, trust_remote_code: bool = False, path: Path | None 
         path=path,
         encoding=encoding,
         model_id=spec,
-        context_length=int(config.get("max_position_embeddings") or 131072),
+        context_length=context_length_of(config),
         dtype=dtype,
         weights_bytes=size,
     )

@@ -168,6 +168,10 @@ class TurnWatch:
     def __init__(self, prompt_tokens: int, model: str):
         self.model = model
         PROMPT_TOKENS.labels(model).inc(prompt_tokens)
+        # this model's series, looked up once rather than at every token
+        self._first = FIRST_TOKEN_SECONDS.labels(model)
+        self._between = TOKEN_SECONDS.labels(model)
+        self._completion = COMPLETION_TOKENS.labels(model)
         self.start = REQUEST_START.get() or time.perf_counter()
         self.last: float | None = None
         self.closed = False
@@ -175,11 +179,11 @@ class TurnWatch:
     def token(self) -> None:
         now = time.perf_counter()
         if self.last is None:
-            FIRST_TOKEN_SECONDS.labels(self.model).observe(now - self.start)
+            self._first.observe(now - self.start)
         else:
-            TOKEN_SECONDS.labels(self.model).observe(now - self.last)
+            self._between.observe(now - self.last)
         self.last = now
-        COMPLETION_TOKENS.labels(self.model).inc()
+        self._completion.inc()
 
     def close(self, generation) -> None:
         if self.closed:

@@ -39,9 +39,9 @@ class Listed:
     def local_dir(self) -> Path | None:
         """The model's directory when its files are on this machine (nothing is downloaded)."""
         if self.spec == "demo":
-            from models.demo import demo_model_dir
+            from models.demo import built_demo_dir
 
-            return demo_model_dir()
+            return built_demo_dir()
         path = Path(self.spec).expanduser()
         if path.is_dir():
             return path
@@ -56,8 +56,10 @@ class Listed:
     def context_length(self) -> int | None:
         if self.settings.context_length:
             return self.settings.context_length
+        from models.loading import context_length_of
+
         config = _config(self.local_dir())
-        return int(config.get("max_position_embeddings") or 131072) if config else None
+        return context_length_of(config) if config else None
 
 
 def weights_bytes(model_dir: Path) -> int:

@@ -30,12 +30,12 @@ def rows(settings, command_line: list[str], running: dict | None) -> list[dict]:
     listed, default = catalog.build(settings, command_line)
     out = []
     for model in listed:
-        directory = model.local_dir() if model.spec != "demo" else None
+        directory = model.local_dir()
         card = (running or {}).get(model.name)
         out.append({
             "name": model.name, "model": model.spec, "source": model.source, "default": model is default,
             "keep_alive_s": model.keep_alive, "on_disk_bytes": catalog.weights_bytes(directory) if directory else None,
-            "context_length": model.context_length() if model.spec != "demo" else None,
+            "context_length": model.context_length(),
             "loaded": None if running is None else bool(card and card["loaded"]),
         })
     for name, card in (running or {}).items():  # what the server serves that this configuration doesn't list

@@ -9,6 +9,7 @@ from fastapi import Request
 
 from server.plumbing.errors import invalid_request
 from server.registry import keep_alive as durations
+from server.registry.registry import UNCHANGED
 from server.state import ServerState
 
 RELEASES = "swallow_model_releases"
@@ -19,7 +20,7 @@ async def serving(request: Request, name: str | None, keep_alive=None) -> Server
     registry = request.app.state.registry
     slot = registry.find(name)
     if keep_alive is None:
-        wait = "unchanged"
+        wait = UNCHANGED
     else:
         try:
             wait = durations.seconds(keep_alive)

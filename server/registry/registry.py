@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from models.errors import ModelError
+from models.loading import DEFAULT_CONTEXT
 from server.plumbing.errors import APIError, invalid_request
 from server.registry.catalog import Listed, weights_bytes
 from server.registry.keep_alive import describe
@@ -29,6 +30,7 @@ from server.state import ServerState
 
 log = logging.getLogger("swallow.registry")
 
+UNCHANGED = object()  # acquire's keep_alive when the request gives none
 REAP_EVERY = 0.25  # seconds between keep-alive checks
 RESCAN_EVERY = 5.0  # seconds between looks into the Hugging Face cache for new models
 
@@ -115,12 +117,12 @@ class Registry:
 
     # ---- using a model ----------------------------------------------------------------
 
-    async def acquire(self, slot: Slot, keep_alive: float | None | str = "unchanged") -> ServerState:
+    async def acquire(self, slot: Slot, keep_alive=UNCHANGED) -> ServerState:
         """The model, loaded; hold it until `release`. `keep_alive` (seconds, None: forever)
         is how long it stays loaded once idle, from this request on (Ollama's keep_alive)."""
         slot.leases += 1
         slot.last_used = time.monotonic()
-        if keep_alive != "unchanged" and self.world is None:
+        if keep_alive is not UNCHANGED and self.world is None:
             slot.keep_alive = keep_alive
         if slot.state is not None:
             return slot.state
@@ -149,7 +151,7 @@ class Registry:
         if slot.state is not None:
             return slot.state
         return ServerState(settings=slot.listed.settings, engine=None, encoding=self.encoding,
-                           model_id=slot.name, context_length=slot.listed.context_length() or 131072)
+                           model_id=slot.name, context_length=slot.listed.context_length() or DEFAULT_CONTEXT)
 
     # ---- loading and unloading ---------------------------------------------------------
 
