@@ -8,6 +8,7 @@ import threading
 
 from models.errors import ModelError
 from server.config import DEFAULT_MODEL, ConfigError, load_settings
+from server.plumbing.exit import exit_now
 
 ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
 SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
@@ -76,8 +77,8 @@ def serve(argv: list[str]) -> int:
             model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size)
         except ModelError as e:
             print(f"swallow-server: {e}", file=sys.stderr)
-            return world.finish(1)
-        return world.finish(serve_follower(world, settings, model_path))
+            return exit_now(1)
+        return exit_now(serve_follower(world, settings, model_path))
 
     from server.registry.setup import open_registry
 
@@ -85,7 +86,7 @@ def serve(argv: list[str]) -> int:
         registry = open_registry(settings, args.models_given, world=world)
     except (ModelError, ConfigError) as e:
         print(f"swallow-server: {e}", file=sys.stderr)
-        return 1 if world is None else world.finish(1)
+        return exit_now(1)
 
     import uvicorn
 
@@ -117,7 +118,7 @@ def serve(argv: list[str]) -> int:
         status = 1
     else:
         log.info("engine stopped; exiting")
-    return status if world is None else world.finish(status)
+    return exit_now(status)
 
 
 def main(argv: list[str] | None = None) -> int:

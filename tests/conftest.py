@@ -75,7 +75,8 @@ class RunningServer:
         raise RuntimeError(f"server did not start:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def client(self, **kwargs) -> openai.OpenAI:

@@ -105,6 +105,22 @@ def test_seed_is_reproducible_inside_a_busy_batch(demo_server):
     assert together[0] == alone and together[3] == alone
 
 
+def test_sigterm_after_serving_exits_0(start_server):
+    # Native thread pools (torch's, imported by transformers when installed) used to abort the
+    # interpreter's teardown after a request about half the time: status 134 to a supervisor.
+    for _ in range(2):
+        server = start_server(["--model", "demo"], env={"SWALLOW_TEMPERATURE": "0"})
+        client = server.client()
+        for stream in (False, True):
+            reply = client.chat.completions.create(model="m", max_tokens=8, stream=stream,
+                                                   messages=[{"role": "user", "content": "hi"}])
+            if stream:
+                list(reply)
+        server.stop()  # SIGTERM
+        assert server.process.returncode == 0, server.log()[-2000:]
+        assert "terminate called" not in server.log()
+
+
 # ---- the Linux CPU fast path (server/blas.py) ---------------------------------------------
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Debian's OpenBLAS is a Linux matter")
@@ -124,5 +140,6 @@ def test_openblas_is_preloaded_when_installed_and_not_with_no_openblas(start_ser
         reply = server.client().chat.completions.create(model="m", max_tokens=5,
                                                         messages=[{"role": "user", "content": "hi"}])
         assert reply.usage.completion_tokens > 0
-    fast.stop()
-    plain.stop()
+    for server in (fast, plain):  # SIGTERM: a clean exit either way
+        server.stop()
+        assert server.process.returncode == 0, server.log()[-2000:]

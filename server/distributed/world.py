@@ -94,16 +94,6 @@ class World:
         summed = np.array(mx.distributed.all_sum(mx.array(slots), group=self.group))
         return [json.loads(bytes(row).rstrip(b"\0")) for row in summed]
 
-    def finish(self, status: int) -> int:
-        """Ends the process with `status` now: the ring group's threads abort a normal interpreter
-        exit ("terminate called without an active exception") once rank 0 has gone."""
-        import sys
-
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
     def introduce(self, **facts) -> list[dict]:
         """Each rank's host, pid and `facts`, on every rank (kept for /health and the log)."""
         self.ranks = self.gather({"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), **facts})
