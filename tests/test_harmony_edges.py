@@ -116,3 +116,28 @@ def test_the_same_reply_on_messages_streams_too(scripted_server):
         deltas = [json.loads(line[6:])["delta"]["text"] for line in response.iter_lines()
                   if line.startswith("data: ") and '"text_delta"' in line]
     assert "".join(deltas) == NO_HEADER_WORDS.lstrip() and len(deltas) >= 40
+
+
+# ---- the parser's state, kept without asking harmony after every token ---------------------
+
+@pytest.mark.parametrize("reply", [
+    "<|channel|>analysis<|message|>Let me think about the weather.<|end|><|start|>assistant<|channel|>commentary"
+    ' to=functions.get_weather <|constrain|>json<|message|>{"city": "Tokyo"}<|call|>',
+    "<|channel|>analysis<|message|>Two and two.<|end|><|start|>assistant<|channel|>final<|message|>It is 4.<|return|>",
+    "<|channel|>final<|message|>Plain answer, then text outside any message.<|end|>stray words <|start|>assistant"
+    "<|channel|>final<|message|>again<|return|>",
+    "no header at all, just words",
+])
+def test_reply_stream_state_matches_harmony_after_every_token(encoding, reply):
+    from openai_harmony import HarmonyError
+
+    from server.harmony.stream import ReplyStream
+
+    stream = ReplyStream(encoding)
+    for token in encoding.encode(reply, allowed_special="all"):
+        try:
+            stream.process(token)
+        except HarmonyError:
+            return  # both users of the stream stop reading it there
+        assert stream.state == stream.parser.state
+        assert stream.message_count == len(stream.parser.messages)

@@ -4,8 +4,9 @@
 `processors`). mlx-lm calls it once per generation step with the token context: on the first
 call the newest token is the prompt's last one (`<|start|>assistant`, or the end of a forced
 prefix), on every later call it is the token generated at the step before. The control feeds
-each generated token to its own harmony StreamableParser (non-strict), so it knows the channel
-and the recipient of the message being written, and shapes the next token's logits.
+each generated token to its own harmony StreamableParser (server/harmony/stream.py), so it
+knows the channel and the recipient of the message being written, and shapes the next token's
+logits.
 
 It costs nothing per token while nothing can be forced: the engine hands it each token after
 its step (`deliver`), and the processor returns the logits untouched unless it is armed (a
@@ -43,9 +44,10 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-from openai_harmony import HarmonyError, Role, StreamableParser, StreamState
+from openai_harmony import HarmonyError, StreamState
 
 from server.engine.structured import Grammar, GrammarGuide
+from server.harmony.stream import ReplyStream
 
 log = logging.getLogger("swallow.reasoning")
 
@@ -129,7 +131,7 @@ class ReplyControl:
     def __init__(self, encoding, *, prefix=(), budget: int | None = None, loop: LoopSettings | None = None,
                  final_grammar: Grammar | None = None, tool_grammars: dict | None = None,
                  force_final: bool = False, start_with_final: bool = False, header_choices=()):
-        self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
+        self._parser = ReplyStream(encoding)
         self._queue: deque[int] = deque()
         self._calls = 0
         self._prompt_length: int | None = None  # the context's length at the first call
@@ -224,7 +226,7 @@ class ReplyControl:
         if self._broken:
             return
         parser = self._parser
-        before, messages = parser.state, len(parser.messages)
+        before, messages = parser.state, parser.message_count
         try:
             parser.process(token)
         except HarmonyError as e:
@@ -233,10 +235,10 @@ class ReplyControl:
             self._stop_controlling()
             return
         state = parser.state
-        if before == StreamState.CONTENT and state == StreamState.CONTENT and len(parser.messages) == messages:
+        if before == StreamState.CONTENT and state == StreamState.CONTENT and parser.message_count == messages:
             self._content_token(token)
             return
-        if len(parser.messages) > messages:  # a message ended
+        if parser.message_count > messages:  # a message ended
             ended = parser.messages[-1]
             self._guide, self._guide_kind, self._looping = None, None, False
             if self.detector is not None:
@@ -247,23 +249,23 @@ class ReplyControl:
             self._message_starts()
 
     def _is_call(self) -> bool:
-        recipient = self._parser.current_recipient
+        recipient = self._parser.recipient
         return bool(recipient) and recipient.startswith("functions.")
 
     def _content_token(self, token: int) -> None:
         if self._guide is not None:
             self._guide.consume(token)
-        elif self._parser.current_channel == "analysis" and not self._is_call():
+        elif self._parser.channel == "analysis" and not self._is_call():
             self.analysis_tokens += 1
             if self.detector is not None and self.detector.feed(token):
                 self._looping = True
 
     def _message_starts(self) -> None:
         if self._is_call():
-            grammar = self.tool_grammars.get(self._parser.current_recipient[len("functions."):])
+            grammar = self.tool_grammars.get(self._parser.recipient[len("functions."):])
             if grammar is not None:
                 self._guide, self._guide_kind = grammar.guide(), "call"
-        elif self._parser.current_channel == "final" and self.final_grammar is not None:
+        elif self._parser.channel == "final" and self.final_grammar is not None:
             self._guide, self._guide_kind = self.final_grammar.guide(), "final"
             self.final_guided = True
 
@@ -271,7 +273,7 @@ class ReplyControl:
 
     def _in_analysis(self) -> bool:
         parser = self._parser
-        return (parser.state == StreamState.CONTENT and parser.current_channel == "analysis"
+        return (parser.state == StreamState.CONTENT and parser.channel == "analysis"
                 and not self._is_call())
 
     def _shape(self, logits: mx.array) -> mx.array:

@@ -1,6 +1,7 @@
 """Generated token ids -> what the client sees, through harmony's streaming parser.
 
-Each token goes to openai-harmony's StreamableParser (non-strict); the text it adds is routed
+Each token goes to openai-harmony's StreamableParser (non-strict, through stream.ReplyStream,
+which keeps its state cheaply); the text it adds is routed
 by the message's channel and recipient:
 
     analysis                      -> reasoning
@@ -22,19 +23,13 @@ import codecs
 import logging
 from dataclasses import dataclass
 
-from openai_harmony import (
-    HarmonyEncoding,
-    HarmonyError,
-    Role,
-    StreamableParser,
-    StreamState,
-)
+from openai_harmony import HarmonyEncoding, HarmonyError, StreamState
 
 from models.vocab import token_vocabulary
+from server.harmony.stream import FIRST_SPECIAL_TOKEN, ReplyStream
 
 log = logging.getLogger("swallow.reply")
 
-FIRST_SPECIAL_TOKEN = 199998
 MAX_HEADER_TOKENS = 48  # a real header is a handful of tokens; past this it is not one
 PLAIN_HEADER_START = b" to="  # a recipient before the channel: the only header without a special first
 
@@ -47,7 +42,7 @@ class Event:
 
 class ReplyParser:
     def __init__(self, encoding: HarmonyEncoding):
-        self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
+        self._parser = ReplyStream(encoding)
         self._vocabulary = token_vocabulary()
         self._raw = None  # an incremental UTF-8 decoder once the reply left the format
         self._header: list[int] = []  # tokens of the header being read
@@ -65,7 +60,7 @@ class ReplyParser:
         if self._raw is not None:
             self.last_kind = "content" if token < FIRST_SPECIAL_TOKEN else None
             return self._decode_raw([token])
-        in_message, messages = self._parser.state == StreamState.CONTENT, len(self._parser.messages)
+        in_message, messages = self._parser.state == StreamState.CONTENT, self._parser.message_count
         try:
             self._parser.process(token)
         except HarmonyError as e:
@@ -75,7 +70,7 @@ class ReplyParser:
 
         events: list[Event] = []
         state = self._parser.state
-        channel = self._parser.current_channel
+        channel = self._parser.channel
         if state == StreamState.HEADER:
             self._header.append(token)
             if len(self._header) > MAX_HEADER_TOKENS or not self._may_be_header():
@@ -85,16 +80,17 @@ class ReplyParser:
             self._header = []
         # reasoning_tokens: the analysis text's tokens (not its header or <|end|>), the unit of the
         # reasoning budget (reasoning_control.py)
-        in_message = in_message and state == StreamState.CONTENT and len(self._parser.messages) == messages
-        if in_message and channel == "analysis" and not self._is_call(self._parser.current_recipient):
+        in_message = in_message and state == StreamState.CONTENT and self._parser.message_count == messages
+        if in_message and channel == "analysis" and not self._is_call(self._parser.recipient):
             self.reasoning_tokens += 1
         if in_message and token < FIRST_SPECIAL_TOKEN:
-            self.last_kind = ("tool_arguments" if self._is_call(self._parser.current_recipient)
+            self.last_kind = ("tool_arguments" if self._is_call(self._parser.recipient)
                               else "reasoning" if channel == "analysis" else "content")
         delta = self._parser.last_content_delta
         if state == StreamState.CONTENT:
             events.extend(self._route(delta))
-        events.extend(self._completed_messages())
+        if self._parser.message_count > self._messages_seen:
+            events.extend(self._completed_messages())
         return events
 
     def finish(self) -> list[Event]:
@@ -114,7 +110,7 @@ class ReplyParser:
         return bool(recipient) and recipient.startswith("functions.")
 
     def _route(self, delta: str | None) -> list[Event]:
-        recipient = self._parser.current_recipient
+        recipient = self._parser.recipient
         events = []
         if self._is_call(recipient):
             if not self._call_open:
@@ -123,7 +119,7 @@ class ReplyParser:
             if delta:
                 events.append(Event("tool_arguments", delta))
         elif delta:
-            kind = "reasoning" if self._parser.current_channel == "analysis" else "content"
+            kind = "reasoning" if self._parser.channel == "analysis" else "content"
             events.append(Event(kind, delta))
         if delta:
             self._emitted_in_message = True
