@@ -76,6 +76,21 @@ def test_loop_detector_needs_repeats_and_length():
     assert not any(detector.feed(t) for t in [5] * 11 + [6] + [5] * 11)
 
 
+def test_a_header_that_runs_on_ends_the_control(encoding):
+    # The client gets such a reply as plain text (harmony/parse.py); the control stops reading it
+    # too, instead of asking harmony for the state of an ever longer header after every token.
+    from server.engine.reasoning_control import ReplyControl
+
+    control = ReplyControl(encoding, loop=LoopSettings())
+    for token in encoding.encode("<|channel|>" + " word" * 60, allowed_special="all"):
+        control.deliver(token)
+    assert "left the harmony format" in control.error
+    within = ReplyControl(encoding, loop=LoopSettings())
+    for token in encoding.encode("<|channel|>analysis<|message|>" + " word" * 60, allowed_special="all"):
+        within.deliver(token)
+    assert within.error is None and within.analysis_tokens == 60
+
+
 # ---- reasoning budget (scripted model) ------------------------------------------------
 
 def test_budget_ends_the_analysis_and_the_answer_follows(scripted_server):

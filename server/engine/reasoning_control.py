@@ -234,6 +234,11 @@ class ReplyControl:
             self.error = self.error or f"the reply left the harmony format ({e})"
             self._stop_controlling()
             return
+        if parser.header_runs_on:  # the client gets the rest as plain text (harmony/parse.py)
+            log.info("reply's header ran on past any real one; no more reasoning control for it")
+            self.error = self.error or "the reply left the harmony format (a header without an end)"
+            self._stop_controlling()
+            return
         state = parser.state
         if before == StreamState.CONTENT and state == StreamState.CONTENT and parser.message_count == messages:
             self._content_token(token)

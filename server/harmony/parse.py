@@ -30,7 +30,6 @@ from server.harmony.stream import FIRST_SPECIAL_TOKEN, ReplyStream
 
 log = logging.getLogger("swallow.reply")
 
-MAX_HEADER_TOKENS = 48  # a real header is a handful of tokens; past this it is not one
 PLAIN_HEADER_START = b" to="  # a recipient before the channel: the only header without a special first
 
 
@@ -73,7 +72,7 @@ class ReplyParser:
         channel = self._parser.channel
         if state == StreamState.HEADER:
             self._header.append(token)
-            if len(self._header) > MAX_HEADER_TOKENS or not self._may_be_header():
+            if self._parser.header_runs_on or not self._may_be_header():
                 self.last_kind = None if self._real_header() or token >= FIRST_SPECIAL_TOKEN else "content"
                 return self._leave_format([])
         else:

@@ -12,6 +12,7 @@ handful of tokens), and kept in between.
 from openai_harmony import HarmonyEncoding, Message, Role, StreamableParser, StreamState
 
 FIRST_SPECIAL_TOKEN = 199998
+MAX_HEADER_TOKENS = 48  # a real header is a handful of tokens; past this it is not one
 
 
 class ReplyStream:
@@ -19,6 +20,12 @@ class ReplyStream:
         self.parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
         self.state: StreamState = self.parser.state
         self.message_count = 0  # messages the reply has finished
+        self.header_tokens = 0  # tokens of the header being read
+
+    @property
+    def header_runs_on(self) -> bool:
+        """A header longer than any real one: the reply is text outside the format."""
+        return self.header_tokens > MAX_HEADER_TOKENS
 
     def process(self, token: int) -> None:
         """Feeds one token (raises harmony's HarmonyError when the reply leaves the format)."""
@@ -26,6 +33,7 @@ class ReplyStream:
         if token >= FIRST_SPECIAL_TOKEN or self.state != StreamState.CONTENT:
             self.state = self.parser.state
             self.message_count = len(self.parser.messages)
+        self.header_tokens = self.header_tokens + 1 if self.state == StreamState.HEADER else 0
 
     @property
     def messages(self) -> list[Message]:
