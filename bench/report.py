@@ -51,6 +51,9 @@ def main_rows(r: dict) -> list:
     cold_ttft_s, warm_ttft_s, peak_rss_mb."""
     s, w, m = r.get("swallow", {}), r.get("raw", {}), r.get("mlx", {})
     rows = [metric_row("decode, 1 stream (tok/s)", s.get("decode_tps"), w.get("decode_tps"), m.get("decode_tps"))]
+    if "client_cpu_ms_per_token" in s:  # the streaming client shares this machine's cores; raw has none
+        rows.append(("  the HTTP client's CPU per token (ms)", _num(s.get("client_cpu_ms_per_token"), digits=2), NA,
+                     _num(m.get("client_cpu_ms_per_token"), digits=2), "", ""))
     for n in sorted(set(s.get("streams", {})) | set(w.get("streams", {})) | set(m.get("streams", {}))):
         rows.append(metric_row(f"aggregate, {n} stream{'s' if n > 1 else ''} (tok/s)", s.get("streams", {}).get(n),
                                w.get("streams", {}).get(n), m.get("streams", {}).get(n)))
@@ -94,8 +97,9 @@ def _rounds(pairs: list) -> str:
     return f" (rounds: {', '.join(parts)})" if parts else ""
 
 
-def targets(r: dict, q: dict | None, blas: dict | None) -> list:
-    """(target, reached, met?) lines; met is None when it could not be measured."""
+def targets(r: dict, q: dict | None, blas: dict | None, decode_target: float = 0.98) -> list:
+    """(target, reached, met?) lines; met is None when it could not be measured. `decode_target`:
+    one stream against raw generate_step (0.98 on the bench model, 0.95 on the near-free demo)."""
     s, w, m = r.get("swallow", {}), r.get("raw", {}), r.get("mlx", {})
     out = []
 
@@ -103,7 +107,7 @@ def targets(r: dict, q: dict | None, blas: dict | None) -> list:
         out.append((name, text if value is not None else "not measured", None if value is None else ok))
 
     x = ratio(s.get("decode_tps"), w.get("decode_tps"))
-    check("decode ≥ 0.9× raw mlx-lm", x, x is not None and x >= 0.9, f"{x:.2f}×" + _rounds(
+    check(f"decode ≥ {decode_target}× raw mlx-lm", x, x is not None and x >= decode_target, f"{x:.2f}×" + _rounds(
         [("swallow", spread(s, "decode_tps")), ("raw", spread(w, "decode_tps"))]) if x else "")
     x = ratio(s.get("decode_tps"), m.get("decode_tps"))
     check("decode ≥ mlx_lm.server", x, x is not None and x >= 1.0, f"{x:.2f}×" + _rounds(
@@ -112,6 +116,10 @@ def targets(r: dict, q: dict | None, blas: dict | None) -> list:
     x = ratio(streams.get(8), streams.get(1))
     check("8 streams ≥ 3× one stream", x, x is not None and x >= 3.0, f"{x:.2f}×" + _rounds(
         [("1 stream", spread(s, "streams_1")), ("8 streams", spread(s, "streams_8"))]) if x else "")
+    for n in (8, 16):
+        x = ratio(streams.get(n), w.get("streams", {}).get(n))
+        check(f"{n} streams ≥ 0.97× raw BatchGenerator", x, x is not None and x >= 0.97, f"{x:.2f}×" + _rounds(
+            [("swallow", spread(s, f"streams_{n}")), ("raw", spread(w, f"streams_{n}"))]) if x else "")
     x = ratio(s.get("warm_ttft_s"), s.get("cold_ttft_s"))
     check("warm TTFT ≤ 0.1× cold", x, x is not None and x <= 0.1, f"{x:.3f}×" if x else "")
     x = ratio(s.get("warm_ttft_s"), m.get("warm_ttft_s"))

@@ -45,10 +45,15 @@ class HttpSystem:
         self.server.wait_ready()
         client.run_one(self.request(self.workload.warmup, 4))  # loads what loads lazily, first-call costs
 
-    def decode(self, n: int) -> float:
+    def decode(self, n: int) -> dict:
+        """decode_tps, and the CPU time the streaming client (this process) took per token: on a
+        machine whose cores the model's compute keeps busy, that is time taken from it."""
+        client_cpu = time.process_time()
         result = client.run_one(self.request(self.workload.decode, n))
+        client_cpu = time.process_time() - client_cpu
         self.prompt_tokens["decode"] = (result.prompt_tokens, len(self.workload.decode.tokens))
-        return result.decode_tps
+        return {"decode_tps": result.decode_tps,
+                "client_cpu_ms_per_token": 1000 * client_cpu / max(1, result.completion_tokens)}
 
     def streams(self, count: int, n: int) -> tuple[float, float]:
         """(aggregate tok/s, tok/s while all streams decode)."""
@@ -93,8 +98,8 @@ class RawSystem:
         self.worker.wait_ready()
         self.worker.call("decode", prompt=self.workload.warmup.tokens, n=4)
 
-    def decode(self, n: int) -> float:
-        return self.worker.call("decode", prompt=self.workload.decode.tokens, n=n)["decode_tps"]
+    def decode(self, n: int) -> dict:
+        return {"decode_tps": self.worker.call("decode", prompt=self.workload.decode.tokens, n=n)["decode_tps"]}
 
     def streams(self, count: int, n: int) -> tuple[float, float]:
         result = self.worker.call("streams", prompts=[r.tokens for r in self.workload.streams[:count]], n=n)
@@ -151,10 +156,12 @@ def measure(systems: dict, plan: Plan, workload: prompts.Workload, what=("decode
 
     def decode(round):
         def run(key, s):
-            if key not in slow:
-                record(key, "decode_tps", s.decode(plan.decode_tokens))
-            elif round == 0:
-                record(key, "decode_tps", s.decode(slow[key]))
+            if key in slow and round > 0:
+                return
+            figures = s.decode(slow.get(key, plan.decode_tokens))
+            record(key, "decode_tps", figures["decode_tps"])
+            if "client_cpu_ms_per_token" in figures:
+                record(key, "client_cpu_ms_per_token", figures["client_cpu_ms_per_token"], lower_is_better=True)
         return run
 
     def streams(count):
