@@ -118,7 +118,7 @@ def targets(r: dict, q: dict | None, blas: dict | None, decode_target: float = 0
         [("1 stream", spread(s, "streams_1")), ("8 streams", spread(s, "streams_8"))]) if x else "")
     for n in (8, 16):
         x = ratio(streams.get(n), w.get("streams", {}).get(n))
-        check(f"{n} streams ≥ 0.97× raw BatchGenerator", x, x is not None and x >= 0.97, f"{x:.2f}×" + _rounds(
+        check(f"{n} streams ≥ 0.97× raw BatchGenerator", x, x is not None and x >= 0.97, f"{x:.3f}×" + _rounds(
             [("swallow", spread(s, f"streams_{n}")), ("raw", spread(w, f"streams_{n}"))]) if x else "")
     x = ratio(s.get("warm_ttft_s"), s.get("cold_ttft_s"))
     check("warm TTFT ≤ 0.1× cold", x, x is not None and x <= 0.1, f"{x:.3f}×" if x else "")
