@@ -29,6 +29,7 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
         assert figures["cold_ttft_s"] > 0 and figures["warm_ttft_s"] > 0
         assert figures["peak_rss_mb"] > 0
     assert raw["decode_tps"] > 0
+    assert swallow["client_cpu_ms_per_token"] > 0  # the streaming client's own share of the machine
     assert "mlx" not in result["results"]  # skipped
     assert result["quantized"] == {}  # the demo model is not quantized
 
@@ -53,3 +54,13 @@ def test_restart_bench_compares_turn_1_after_a_restart(cache_dir):
     row = next(line for line in out.splitlines() if line.startswith("| swallow-server |"))
     cached = int(row.rstrip(" |").split("|")[-1])
     assert cached > 1000  # the prefix came back from disk
+
+
+def test_contention_bench_runs_raw_mlx_lm_beside_a_burnt_share_of_a_core(cache_dir):
+    done = subprocess.run([sys.executable, "-m", "bench.contention", "--model", "demo", "--streams", "1,2",
+                           "--load", "0,20", "--tokens", "8", "--repeat", "1"],
+                          cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all("(1.00×)" in row and row.count("tok/s") == 2 for row in rows)
