@@ -120,9 +120,12 @@ def test_generate_sends_the_api_key(start_server, scripted_model):
 
 
 def test_generate_ctrl_c_stops_the_generation(scripted_server):
+    # Ctrl-C at a terminal: SIGINT not ignored, even when this suite runs in the background (a
+    # shell starts background jobs with SIGINT ignored, and children inherit that)
     process = subprocess.Popen([sys.executable, "-m", "server", "generate", "--url", scripted_server.url,
                                 "--prompt", "Write a long essay"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stdout.read(6) == "word0 "      # the answer is streaming
         process.send_signal(signal.SIGINT)
