@@ -257,6 +257,33 @@ def test_keep_alive_per_request(roomy_server):
         "model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "keep_alive": -1})
 
 
+def test_cache_budgets_that_overcommit_memory_together_are_warned_about(roomy_server, start_server, scripted_dir,
+                                                                        tmp_path):
+    # Each engine's KV budget is 80% of the memory free when it loaded: two of them promise more
+    # than the machine has, and the log says so when the second loads.
+    say_hello(roomy_server.client(), "scripted")
+    wait_for(lambda: "loaded beside demo" in roomy_server.log(), 10, "the overcommit warning")
+    assert "set kv_memory_mb per [[models]] entry" in roomy_server.log()
+    shared = write_config(tmp_path / "config.toml", f"""
+[[models]]
+alias = "demo"
+model = "demo"
+default = true
+kv_memory_mb = 64
+
+[[models]]
+alias = "scripted"
+model = "{scripted_dir}"
+trust_remote_code = true
+kv_memory_mb = 64
+""")
+    server = start_server(["--config", str(shared)], env={"SWALLOW_TEMPERATURE": "0", "HF_HUB_CACHE": "/nonexistent"})
+    say_hello(server.client(), "scripted")
+    assert loaded(server) == {"demo", "scripted"}
+    assert "KV cache budgets" not in server.log()
+    server.stop()
+
+
 def test_streams_of_one_model_go_on_while_another_loads(roomy_server):
     client = roomy_server.client()
     if "demo" in loaded(roomy_server):

@@ -267,10 +267,28 @@ class Registry:
         self.encoding = self.encoding or loaded.encoding
         log.info("%s loaded in %.1f s (%.2f GB of weights; keep-alive %s)", slot.name, slot.load_seconds,
                  loaded.weights_bytes / 1e9, describe(slot.keep_alive))
+        self._warn_if_caches_overcommit(slot, engine)
         if self.on_change is not None:
             self.on_change(slot.name, "load", "")
         return ServerState(settings=settings, engine=engine, encoding=loaded.encoding, model_id=slot.name,
                            context_length=settings.context_length or loaded.context_length)
+
+    def _warn_if_caches_overcommit(self, slot: Slot, engine) -> None:
+        """Each engine's KV budget is its own (what memory was free when it loaded), so several
+        loaded models can promise their caches more memory than there is; said when it happens."""
+        from models.loading import memory_limit_bytes
+
+        others = [s for s in self.loaded if s is not slot]
+        if not others:
+            return
+        weights = sum(s.weights_bytes or 0 for s in [slot, *others])
+        caches = engine.kv_budget + sum(s.state.engine.kv_budget for s in others)
+        limit = memory_limit_bytes()
+        if weights + caches > limit:
+            log.warning("%s loaded beside %s: their weights (%.1f GB) and KV cache budgets (%.1f GB) add up to "
+                        "more than this machine's %.1f GB, so under load together they can run out of memory; "
+                        "set kv_memory_mb per [[models]] entry to share it", slot.name,
+                        ", ".join(s.name for s in others), weights / 1e9, caches / 1e9, limit / 1e9)
 
     def size(self, slot: Slot, path=None) -> int:
         if slot.weights_bytes is not None:
