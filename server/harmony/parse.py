@@ -1,8 +1,8 @@
 """Generated token ids -> what the client sees, through harmony's streaming parser.
 
 Each token goes to openai-harmony's StreamableParser (non-strict, through stream.ReplyStream,
-which keeps its state cheaply); the text it adds is routed
-by the message's channel and recipient:
+which keeps its state cheaply); the text it adds is routed by the message's channel and
+recipient:
 
     analysis                      -> reasoning
     final, commentary (no recipient), no channel -> content
@@ -44,7 +44,6 @@ class ReplyParser:
         self._parser = ReplyStream(encoding)
         self._vocabulary = token_vocabulary()
         self._raw = None  # an incremental UTF-8 decoder once the reply left the format
-        self._header: list[int] = []  # tokens of the header being read
         self._messages_seen = 0
         self._emitted_in_message = False
         self._call_open = False
@@ -70,13 +69,9 @@ class ReplyParser:
         events: list[Event] = []
         state = self._parser.state
         channel = self._parser.channel
-        if state == StreamState.HEADER:
-            self._header.append(token)
-            if self._parser.header_runs_on or not self._may_be_header():
-                self.last_kind = None if self._real_header() or token >= FIRST_SPECIAL_TOKEN else "content"
-                return self._leave_format([])
-        else:
-            self._header = []
+        if state == StreamState.HEADER and (self._parser.header_runs_on or not self._may_be_header()):
+            self.last_kind = None if self._real_header() or token >= FIRST_SPECIAL_TOKEN else "content"
+            return self._leave_format([])
         # reasoning_tokens: the analysis text's tokens (not its header or <|end|>), the unit of the
         # reasoning budget (reasoning_control.py)
         in_message = in_message and state == StreamState.CONTENT and self._parser.message_count == messages
@@ -98,7 +93,8 @@ class ReplyParser:
             return self._decode_raw([], final=True)
         # Cut off inside a header: a real one (it has special tokens) holds no text for the
         # client; anything else was a reply without a header.
-        if self._header and all(t < FIRST_SPECIAL_TOKEN for t in self._header):
+        header = self._parser.header
+        if header and all(t < FIRST_SPECIAL_TOKEN for t in header):
             return self._leave_format([]) + self._decode_raw([], final=True)
         return []
 
@@ -146,19 +142,19 @@ class ReplyParser:
     # ---- outside the format ----------------------------------------------------------
 
     def _real_header(self) -> bool:
-        return any(t >= FIRST_SPECIAL_TOKEN for t in self._header)
+        return any(t >= FIRST_SPECIAL_TOKEN for t in self._parser.header)
 
     def _may_be_header(self) -> bool:
         """Whether the tokens held so far can still turn out to be a header."""
         if self._real_header():
             return True
-        text = self._bytes(self._header)
+        text = self._bytes(self._parser.header)
         return text.startswith(PLAIN_HEADER_START) or PLAIN_HEADER_START.startswith(text)
 
     def _leave_format(self, tokens: list[int]) -> list[Event]:
         """From here on the reply is plain text. A real header that was being read is markup,
         not text for the client: its tokens are dropped, and so are the ones that broke it."""
-        real, held, self._header = self._real_header(), self._header, []
+        real, held = self._real_header(), self._parser.header
         self._raw = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return self._decode_raw([] if real else held + tokens)
 

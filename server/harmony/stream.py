@@ -20,12 +20,12 @@ class ReplyStream:
         self.parser = StreamableParser(encoding, Role.ASSISTANT, strict=False)
         self.state: StreamState = self.parser.state
         self.message_count = 0  # messages the reply has finished
-        self.header_tokens = 0  # tokens of the header being read
+        self.header: list[int] = []  # tokens of the header being read
 
     @property
     def header_runs_on(self) -> bool:
         """A header longer than any real one: the reply is text outside the format."""
-        return self.header_tokens > MAX_HEADER_TOKENS
+        return len(self.header) > MAX_HEADER_TOKENS
 
     def process(self, token: int) -> None:
         """Feeds one token (raises harmony's HarmonyError when the reply leaves the format)."""
@@ -33,7 +33,10 @@ class ReplyStream:
         if token >= FIRST_SPECIAL_TOKEN or self.state != StreamState.CONTENT:
             self.state = self.parser.state
             self.message_count = len(self.parser.messages)
-        self.header_tokens = self.header_tokens + 1 if self.state == StreamState.HEADER else 0
+        if self.state == StreamState.HEADER:
+            self.header.append(token)
+        else:
+            self.header = []
 
     @property
     def messages(self) -> list[Message]:

@@ -12,9 +12,10 @@ the process flushes its logs and ends at once.
 import logging
 import os
 import sys
+from typing import NoReturn
 
 
-def exit_now(status: int) -> int:
+def exit_now(status: int) -> NoReturn:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
