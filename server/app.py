@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from models.vocab import token_vocabulary
+from server.api import engine_errors
 from server.api.chat import routes as chat
 from server.api.completions import routes as completions
 from server.api.messages import errors as messages_errors
@@ -40,6 +41,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     limits.configure(settings)  # max_messages, checked as requests are parsed
     token_vocabulary()  # the reply parser's byte table (~0.3 s to build): now, not in a first request
     install_error_handlers(app)
+    engine_errors.install(app)  # the engine's own errors, as each API's HTTP errors
     document_errors(app)
     # Auth, CORS, body limit, admission (max_concurrency / max_queue), request log, /metrics.
     admission = Admission(settings.max_concurrency or settings.max_batch_size, settings.max_queue)

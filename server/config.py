@@ -14,8 +14,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from server.registry import keep_alive
-
 log = logging.getLogger("swallow.config")
 
 DEFAULT_MODEL = "tocchitocchi/GPT-OSS-Swallow-20B-RL-v0.1-6bit-mlx"
@@ -24,6 +22,48 @@ ENV_PREFIX = "SWALLOW_"
 LOCAL_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]")
                       for scheme in ("http", "https"))
 ORIGIN_PATTERN = re.compile(r"\*|[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:(\d+|\*))?", re.IGNORECASE)
+
+
+# ---- values of settings and command-line arguments ------------------------------------------
+# Keep-alive durations, as Ollama takes them: seconds (300), a duration ("5m", "1h30m", "90s"),
+# 0 (unload as soon as the model is idle) or a negative value (never unload it for idleness).
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def keep_alive_seconds(value: str | float | int | None) -> float | None:
+    """The idle time in seconds; None: forever. ValueError for what is neither."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"keep_alive {value!r} is not a duration")
+    if isinstance(value, int | float):
+        return None if value < 0 else float(value)
+    text = value.strip().lower()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return None if number < 0 else number
+    if text.startswith("-"):
+        return None
+    parts = DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"keep_alive {value!r} is not a duration like 300, \"5m\", \"1h30m\", 0 or -1")
+    return sum(float(n) * UNITS[u] for n, u in parts)
+
+
+def describe_keep_alive(value: float | None) -> str:
+    return "forever" if value is None else f"{value:g} s"
+
+
+def split_alias(value: str) -> tuple[str, str]:
+    """A --model value: "ALIAS=MODEL" -> (alias, model); "MODEL" (or a path holding "=") -> ("", model)."""
+    if "=" in value and not Path(value).exists():
+        alias, _, spec = value.partition("=")
+        return alias, spec
+    return "", value
 
 
 class Settings(BaseModel):
@@ -98,7 +138,7 @@ class Settings(BaseModel):
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value):
-        keep_alive.seconds(value)  # ValueError: not a duration
+        keep_alive_seconds(value)  # ValueError: not a duration
         return value
 
     @field_validator("cors_origins", mode="before")
@@ -154,7 +194,7 @@ class ModelEntry(BaseModel):
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value):
-        keep_alive.seconds(value)
+        keep_alive_seconds(value)
         return value
 
     def overrides(self) -> dict:

@@ -355,12 +355,9 @@ def test_with_tools_the_model_may_call_then_answers_in_json(scripted_server):
 
 def test_the_schema_reaches_the_developer_message(encoding):
     from server.harmony import render as harmony
-    from server.turn.plan import Asked, add_format
 
-    asked = Asked(format_type="json_schema", format_name="weather", format_schema=WEATHER_SCHEMA,
-                  format_description="The weather now.")
     prompt = harmony.Prompt(effort="low", instructions="Be brief.", messages=[harmony.user("hi")])
-    add_format(prompt, asked)
+    prompt = harmony.with_response_format(prompt, "weather", WEATHER_SCHEMA, "The weather now.")
     text = encoding.decode(harmony.render(encoding, prompt, "You are a test.", "2024-06"))
     assert ("# Instructions\n\nBe brief.\n\n# Response Formats\n\n## weather\n\n// The weather now.\n"
             + json.dumps(WEATHER_SCHEMA, separators=(",", ":"))) in text

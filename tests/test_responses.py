@@ -11,10 +11,11 @@ from server.api.responses.prompt import (
     conversation,
     decrypt_reasoning,
     encrypt_reasoning,
-    tool_setup,
+    tools,
 )
 from server.api.responses.schema import ResponsesRequest
 from server.harmony.render import drop_finished_reasoning
+from server.turn.request import tool_names
 from tests.scripts import (
     CODEX_COMMAND_ANSWER,
     JAPANESE_ANSWER,
@@ -305,7 +306,7 @@ def test_harmony_rule_on_items():
         {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
     ], tools=[WEATHER_TOOL])
-    _, messages = conversation(body.input, tool_setup(body))
+    _, messages = conversation(body.input, tool_names(tools(body)))
     shown = [(m.channel, m.content[0].text) for m in drop_finished_reasoning(messages)]
     assert (None, "q1") in shown and ("final", "a1") in shown
     assert ("analysis", "old thought") not in shown

@@ -4,10 +4,11 @@ import json
 
 import httpx
 
-from server.api.chat.prompt import turn_spec
+from server.api.chat.prompt import translate
 from server.api.chat.schema import ChatCompletionRequest
-from server.engine.sampling import SamplingParams
+from server.config import Settings
 from server.harmony import render as harmony
+from server.turn.resolve import resolve
 from tests.scripts import TOOL_ANSWER, TOOL_ARGUMENTS
 
 WEATHER = {
@@ -46,12 +47,10 @@ def accumulate(chunks):
         finish = chunk.choices[0].finish_reason or finish
     return calls, content, reasoning, finish
 
-GREEDY = SamplingParams(temperature=0, top_p=1, top_k=0, min_p=0)
-
 
 def test_definitions_render_as_harmony_expects(encoding):
     body = ChatCompletionRequest(messages=ASK, tools=[WEATHER])
-    prompt = turn_spec(body, "medium", GREEDY)[0].prompt
+    prompt = resolve(translate(body), Settings(reasoning_effort="medium")).prompt
     text = encoding.decode(harmony.render(encoding, prompt, "You are a test.", "2024-06"))
     assert "Calls to these tools must go to the commentary channel: 'functions'." in text
     assert "namespace functions {" in text
@@ -109,7 +108,7 @@ def test_history_renders_call_result_and_keeps_the_turns_reasoning(encoding):
         {"role": "assistant", "content": None, "reasoning_content": "CURRENT THOUGHTS", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ], tools=[{**WEATHER, "function": {**WEATHER["function"], "name": "get weather-now"}}])
-    prompt = turn_spec(body, "low", GREEDY)[0].prompt
+    prompt = resolve(translate(body), Settings(reasoning_effort="low")).prompt
     text = encoding.decode(harmony.render(encoding, prompt, "You are a test.", "2024-06"))
     assert "OLD THOUGHTS" not in text and "earlier answer" in text
     assert "<|channel|>analysis<|message|>CURRENT THOUGHTS<|end|>" in text

@@ -2,7 +2,7 @@
 
 A follower loads its shard of the model, measures what rank 0 measures (the same collectives, in
 the same order), then applies rank 0's operations to its own BatchGenerator and prompt cache and
-steps when rank 0 steps (server/engine/lockstep.py says which operations and why). Its tokens are
+steps when rank 0 steps (server/distributed/lockstep.py says which operations and why). Its tokens are
 rank 0's (its sampler adds zeros to rank 0's all_sum); it delivers them to no one.
 
 It exits 0 when rank 0 shuts down, and 1 when rank 0 is lost (a failed collective, or no word
@@ -30,8 +30,8 @@ class OutOfStep(RankLost):
 
 class Follower:
     def __init__(self, world: World, settings, model):
+        from server.distributed.lockstep import AnchoredModel, follower_sampler
         from server.distributed.world import Channel
-        from server.engine.lockstep import AnchoredModel, follower_sampler
 
         self.world = world
         self.settings = settings

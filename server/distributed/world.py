@@ -109,7 +109,7 @@ def join_world(settings, given: list[str] | None = None):
         return None, settings
     import mlx.core as mx
 
-    from server.registry.catalog import split_alias
+    from server.config import split_alias
 
     if settings.models or len(given or []) > 1:  # [[models]] or several --model: not split
         raise ValueError("under mlx.launch the server serves exactly one model (one --model, no [[models]] "

@@ -35,6 +35,7 @@ from mlx_lm.generate import BatchGenerator
 
 from models.loading import LoadedModel, load_model
 from server.config import Settings
+from server.engine.errors import CacheWontFit, EngineStopped
 from server.engine.generation import Finished, Generation, hand_over
 from server.engine.logprobs import LogprobCapture, ScoreJob, score_tokens
 from server.engine.memory import KVCost, cache_budget, measure_kv_cost
@@ -43,7 +44,6 @@ from server.engine.sampling import (
     SamplingParams,
     make_request_processors,
 )
-from server.plumbing.errors import invalid_request
 
 log = logging.getLogger("swallow.engine")
 
@@ -119,13 +119,18 @@ class Engine:
                 "kv_reserved_bytes": self._reserved_bytes(), "waiting_for_memory": self.waiting_for_memory,
                 "mlx_active_bytes": mx.get_active_memory()}
 
+    def check_running(self) -> None:
+        if self.dead is not None:
+            raise EngineStopped(f"The engine stopped ({self.dead}); the server is exiting to be restarted.",
+                                code="engine_stopped")
+
     def check_fits(self, tokens: int) -> None:
-        """400 for a request whose KV cache could never fit, not even alone."""
+        """CacheWontFit for a request whose KV cache could never fit, not even alone."""
         if self.kv_cost is None:
             return
         need = self.kv_cost.of(tokens)
         if need > self.kv_budget:
-            raise invalid_request(
+            raise CacheWontFit(
                 f"This request could need {need / 2**20:.1f} MiB of KV cache (its prompt and token limit, "
                 f"{tokens} tokens), more than the {self.kv_budget / 2**20:.1f} MiB this server has for caches "
                 f"({self.kv_budget_source}). Lower max_tokens or shorten the prompt.",

@@ -36,7 +36,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from server.plumbing.errors import APIError, invalid_request
+from server.engine.errors import SchemaUnusable, StructuredOutputUnavailable
 
 log = logging.getLogger("swallow.structured")
 
@@ -83,9 +83,9 @@ def _build_tokenizer(tokenizer_json: Path, vocab_size: int):
             try:
                 _tokenizers[key] = llguidance.LLTokenizer(text, n_vocab=vocab_size, eos_token=RETURN)
             except ValueError as e:
-                raise APIError(400, f"Structured output is not available for this model: its tokenizer.json "
-                                    f"does not fit its vocabulary ({e}).", param="response_format",
-                               code="structured_output_unavailable") from e
+                raise StructuredOutputUnavailable(
+                    f"Structured output is not available for this model: its tokenizer.json does not fit its "
+                    f"vocabulary ({e}).", param="response_format", code="structured_output_unavailable") from e
         return _tokenizers[key]
 
 
@@ -96,8 +96,9 @@ async def tokenizer_for(model_dir: Path, vocab_size: int = 201088):
     if cached is not None:
         return cached
     if not path.is_file():
-        raise APIError(400, "Structured output needs the model's tokenizer.json, which this model directory "
-                            "lacks.", param="response_format", code="structured_output_unavailable")
+        raise StructuredOutputUnavailable("Structured output needs the model's tokenizer.json, which this model "
+                                          "directory lacks.", param="response_format",
+                                          code="structured_output_unavailable")
     return await asyncio.to_thread(_build_tokenizer, path, vocab_size)
 
 
@@ -118,21 +119,21 @@ class Grammar:
 
 
 def compile_schema(schema, tokenizer, *, name: str, param: str, end: int = RETURN) -> Grammar:
-    """The grammar of a JSON schema; a 400 naming `param` when the schema can't be used.
+    """The grammar of a JSON schema; SchemaUnusable naming `param` when the schema can't be used.
     Blocking (milliseconds, more for huge schemas): call it in a worker thread."""
     import llguidance
 
     if not isinstance(schema, dict):
-        raise invalid_request(f"{param}: a JSON schema must be an object", param=param)
+        raise SchemaUnusable(f"{param}: a JSON schema must be an object", param=param)
     try:
         source = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except (ValueError, TypeError) as e:
-        raise invalid_request(f"{param}: not a usable JSON schema ({e})", param=param,
-                              code="unsupported_schema") from e
+        raise SchemaUnusable(f"{param}: not a usable JSON schema ({e})", param=param,
+                             code="unsupported_schema") from e
     matcher = llguidance.LLMatcher(tokenizer, source, log_level=0)
     if matcher.is_error():
-        raise invalid_request(f"{param}: this JSON schema is not supported for structured output: "
-                              f"{_short(matcher.get_error())}", param=param, code="unsupported_schema")
+        raise SchemaUnusable(f"{param}: this JSON schema is not supported for structured output: "
+                             f"{_short(matcher.get_error())}", param=param, code="unsupported_schema")
     return Grammar(name, matcher, tokenizer, end)
 
 
@@ -245,17 +246,3 @@ def _single_tokens(tokenizer) -> dict[bytes, int]:
         _SINGLES[key] = {c: tokenizer.tokenize_bytes(c)[0] for c in (b'"', b"}", b"]")}
     return _SINGLES[key]
 
-
-# ---- the prompt ------------------------------------------------------------------------
-
-def response_format_section(name: str, schema: dict, description: str | None = None) -> str:
-    """Harmony's `# Response Formats` section of the developer message."""
-    lines = ["# Response Formats", "", f"## {name}", ""]
-    if description:
-        lines.append(f"// {description}")
-    lines.append(json.dumps(schema, ensure_ascii=False, separators=(",", ":")))
-    return "\n".join(lines)
-
-
-def with_response_format(instructions: str, section: str) -> str:
-    return f"{instructions}\n\n{section}" if instructions else section

@@ -6,7 +6,8 @@ the rule about old reasoning are the same everywhere.
 """
 
 import datetime
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 
 from openai_harmony import (
     Author,
@@ -30,6 +31,18 @@ class Prompt:
     instructions: str = ""
     tools: list[ToolDescription] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # the conversation, after dev/system
+
+
+def with_response_format(prompt: Prompt, name: str, schema: dict, description: str | None = None) -> Prompt:
+    """The prompt with harmony's `# Response Formats` section after the developer instructions:
+    how the model was trained to be told the JSON schema its answer must follow."""
+    lines = ["# Response Formats", "", f"## {name}", ""]
+    if description:
+        lines.append(f"// {description}")
+    lines.append(json.dumps(schema, ensure_ascii=False, separators=(",", ":")))
+    section = "\n".join(lines)
+    instructions = f"{prompt.instructions}\n\n{section}" if prompt.instructions else section
+    return replace(prompt, instructions=instructions)
 
 
 def user(text: str) -> Message:

@@ -96,11 +96,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"Invalid request: {details}", param
 
 
+def api_error_response(request: Request, exc: APIError) -> JSONResponse:
+    body = shaped_body(request.url.path, exc.status, exc.message, exc.type, exc.param, exc.code)
+    return JSONResponse(body, status_code=exc.status)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        body = shaped_body(request.url.path, exc.status, exc.message, exc.type, exc.param, exc.code)
-        return JSONResponse(body, status_code=exc.status)
+        return api_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -15,8 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.config import ModelEntry, Settings, for_model
-from server.registry import keep_alive
+from server.config import (
+    ModelEntry,
+    Settings,
+    for_model,
+    keep_alive_seconds,
+    split_alias,
+)
 
 log = logging.getLogger("swallow.registry")
 
@@ -107,14 +112,6 @@ def build(settings: Settings, command_line: list[str] | None = None) -> tuple[li
     return listed, next(m for m in listed if m.name == default.name)
 
 
-def split_alias(value: str) -> tuple[str, str]:
-    """A --model value: "ALIAS=MODEL" -> (alias, model); "MODEL" (or a path holding "=") -> ("", model)."""
-    if "=" in value and not Path(value).exists():
-        alias, _, spec = value.partition("=")
-        return alias, spec
-    return "", value
-
-
 def discover(settings: Settings) -> list[Listed]:
     """GPT-OSS models (config.json model_type "gpt_oss") in the local Hugging Face cache."""
     try:
@@ -137,7 +134,7 @@ def discover(settings: Settings) -> list[Listed]:
 
 def _listed(settings: Settings, entry: ModelEntry, source: str) -> Listed:
     own = for_model(settings, entry)
-    wait = keep_alive.seconds(entry.keep_alive if entry.keep_alive is not None else settings.keep_alive)
+    wait = keep_alive_seconds(entry.keep_alive if entry.keep_alive is not None else settings.keep_alive)
     return Listed(name=entry.name, spec=entry.model, settings=own, keep_alive=wait, source=source,
                   aliases=list(entry.aliases))
 

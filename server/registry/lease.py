@@ -7,8 +7,8 @@ middleware, gives it back when the app has finished with the request.
 
 from fastapi import Request
 
+from server.config import keep_alive_seconds
 from server.plumbing.errors import invalid_request
-from server.registry import keep_alive as durations
 from server.registry.registry import UNCHANGED
 from server.state import ServerState
 
@@ -23,7 +23,7 @@ async def serving(request: Request, name: str | None, keep_alive=None) -> Server
         wait = UNCHANGED
     else:
         try:
-            wait = durations.seconds(keep_alive)
+            wait = keep_alive_seconds(keep_alive)
         except ValueError as e:
             raise invalid_request(str(e), param="keep_alive") from None
     state = await registry.acquire(slot, wait)

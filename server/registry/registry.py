@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from models.errors import ModelError
 from models.loading import DEFAULT_CONTEXT
+from server.config import describe_keep_alive
 from server.plumbing.errors import APIError, invalid_request
 from server.registry.catalog import Listed, weights_bytes
-from server.registry.keep_alive import describe
 from server.state import ServerState
 
 log = logging.getLogger("swallow.registry")
@@ -254,7 +254,7 @@ class Registry:
         if self.world is None:
             engine = Engine(settings, path)
         else:
-            from server.engine.lockstep import DistributedEngine
+            from server.distributed.lockstep import DistributedEngine
 
             engine = DistributedEngine(settings, path, self.world)
         engine.name = slot.name
@@ -266,7 +266,7 @@ class Registry:
         slot.loads += 1
         self.encoding = self.encoding or loaded.encoding
         log.info("%s loaded in %.1f s (%.2f GB of weights; keep-alive %s)", slot.name, slot.load_seconds,
-                 loaded.weights_bytes / 1e9, describe(slot.keep_alive))
+                 loaded.weights_bytes / 1e9, describe_keep_alive(slot.keep_alive))
         self._warn_if_caches_overcommit(slot, engine)
         if self.on_change is not None:
             self.on_change(slot.name, "load", "")
@@ -318,7 +318,7 @@ class Registry:
                         and slot.keep_alive is not None and now - slot.last_used >= slot.keep_alive):
                     async with self._lock:
                         if slot.state is not None and not slot.busy:
-                            await self._unload(slot, "keep_alive", f"idle for {describe(slot.keep_alive)}")
+                            await self._unload(slot, "keep_alive", f"idle for {describe_keep_alive(slot.keep_alive)}")
 
     def stop(self) -> None:
         """Stop every engine (at shutdown)."""

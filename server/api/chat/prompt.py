@@ -6,42 +6,30 @@ Which old reasoning is shown again is decided in harmony/render.py, the same for
 """
 
 from server.api.chat.schema import ChatCompletionRequest
-from server.engine.sampling import SamplingParams
+from server.api.reasoning import asked_effort, reasoning_ask
 from server.harmony import render as harmony
-from server.harmony.tools import ToolNames, check_parameters, describe
+from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.turn.pipeline import ANY_TOOL, TurnSpec
-from server.turn.plan import Asked, from_reasoning
+from server.turn.request import (
+    FormatAsk,
+    ToolChoice,
+    ToolDef,
+    TurnRequest,
+    sampling_given,
+    tool_names,
+)
 
 
-def tool_setup(body: ChatCompletionRequest) -> tuple[ToolNames, list, str | None]:
-    """(name mapping, tool descriptions shown to the model, the tool the reply must call:
-    None, ANY_TOOL or a model name)."""
-    tools = body.tools or []
-    names = ToolNames([t.function.name for t in tools])
-    if len(names.to_model) != len(tools):
-        raise invalid_request("tools: function names must be unique", param="tools")
-    for i, tool in enumerate(tools):
-        problem = check_parameters(tool.function.name, tool.function.parameters)
-        if problem:
-            raise invalid_request(problem, param=f"tools[{i}].function.parameters")
+def tools(body: ChatCompletionRequest) -> tuple[ToolDef, ...]:
+    return tuple(ToolDef(t.function.name, t.function.description, t.function.parameters, bool(t.function.strict),
+                         param=f"tools[{i}].function.parameters") for i, t in enumerate(body.tools or []))
+
+
+def tool_choice(body: ChatCompletionRequest) -> ToolChoice:
     choice = body.tool_choice or "auto"
-    if choice == "none" or not tools:
-        if choice not in ("none", "auto"):
-            raise invalid_request("tool_choice needs tools", param="tool_choice")
-        return names, [], None
-    descriptions = [
-        describe(names.model_name(t.function.name), t.function.description, t.function.parameters)
-        for t in tools
-    ]
-    if choice == "required":
-        return names, descriptions, ANY_TOOL
-    if choice == "auto":
-        return names, descriptions, None
-    wanted = choice.function.get("name")
-    if wanted not in names.to_model:
-        raise invalid_request(f"tool_choice names an unknown function {wanted!r}", param="tool_choice")
-    return names, descriptions, names.model_name(wanted)
+    if isinstance(choice, str):
+        return ToolChoice(choice)
+    return ToolChoice("named", choice.function.get("name"))
 
 
 def conversation(body: ChatCompletionRequest, names: ToolNames) -> tuple[str, list]:
@@ -78,37 +66,32 @@ def conversation(body: ChatCompletionRequest, names: ToolNames) -> tuple[str, li
     return "\n\n".join(instructions), messages
 
 
-def asked(body: ChatCompletionRequest, names: ToolNames, tools_active: bool) -> Asked:
-    """What the request asks of its reply: reasoning controls, response format, strict tools."""
-    asked = from_reasoning(Asked(max_tokens_param="max_completion_tokens" if body.max_completion_tokens
-                                 else "max_tokens"), body.reasoning)
+def response_format(body: ChatCompletionRequest) -> FormatAsk | None:
     fmt = body.response_format
-    if fmt is not None and fmt.type != "text":
-        asked.format_type = fmt.type
-        asked.format_param = "response_format.json_schema" if fmt.type == "json_schema" else "response_format"
-        if fmt.json_schema is not None:
-            asked.format_name = fmt.json_schema.name
-            asked.format_schema = fmt.json_schema.schema_
-            asked.format_description = fmt.json_schema.description
-    if tools_active:
-        asked.strict_tools = [
-            (names.model_name(tool.function.name), tool.function.parameters, f"tools[{i}].function.parameters")
-            for i, tool in enumerate(body.tools or []) if tool.function.strict
-        ]
-    return asked
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object" or fmt.json_schema is None:
+        return FormatAsk(fmt.type)
+    schema = fmt.json_schema
+    return FormatAsk(fmt.type, schema.name, schema.schema_, schema.description, param="response_format.json_schema")
 
 
-
-def turn_spec(body: ChatCompletionRequest, default_effort: str, sampling: SamplingParams) -> tuple[TurnSpec, ToolNames]:
-    names, descriptions, forced = tool_setup(body)
-    instructions, messages = conversation(body, names)
-    prompt = harmony.Prompt(
-        effort=body.effort(default_effort),
+def translate(body: ChatCompletionRequest) -> TurnRequest:
+    """What the request asks of its turn, in its own values (defaults are the resolver's)."""
+    declared = tools(body)
+    instructions, messages = conversation(body, tool_names(declared))
+    return TurnRequest(
         instructions=instructions,
-        tools=descriptions,
         messages=messages,
+        tools=declared,
+        tool_choice=tool_choice(body),
+        effort=asked_effort(body),
+        sampling=sampling_given(body),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        max_tokens_param="max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+        stop=tuple(body.stop_strings()),
+        n=body.n,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        reasoning=reasoning_ask(body.reasoning),
+        response_format=response_format(body),
     )
-    spec = TurnSpec(prompt, sampling, max_tokens=body.max_completion_tokens or body.max_tokens,
-                    asked=asked(body, names, bool(descriptions)), forced_tool=forced, stop=body.stop_strings(),
-                    logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-    return spec, names

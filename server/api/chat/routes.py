@@ -9,12 +9,12 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from server.api.chat.prompt import turn_spec
+from server.api.chat.prompt import translate
 from server.api.chat.schema import ChatCompletionRequest
 from server.registry.lease import serving
-from server.state import sampling_params
 from server.turn.logprobs import openai_entry
-from server.turn.pipeline import Turn, check_n, merged
+from server.turn.pipeline import Turn, merged, open_turns
+from server.turn.resolve import resolve
 from server.turn.run import TurnEnd
 
 router = APIRouter()
@@ -43,11 +43,11 @@ def _sse(payload: dict) -> str:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
-    n = check_n(state, body.n)
-    spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
-    turns = await Turn.open_many(state, spec, n)
+    resolved = resolve(translate(body), state.settings)
+    turns = await open_turns(state, resolved)
+    names = resolved.tools.names
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
-    top_n = spec.logprobs
+    top_n = resolved.logprobs
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream(state, turns, meta, names, include_usage, top_n),

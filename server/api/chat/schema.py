@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.api.reasoning import ReasoningControls
 from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
 
@@ -83,16 +84,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ReasoningOptions(BaseModel):
-    """OpenRouter's form: effort, max_tokens (the reasoning budget), exclude, enabled; plus this
-    server's loop_guard switch (see server/turn/plan.py)."""
-
-    model_config = ConfigDict(extra="ignore")
+class ReasoningOptions(ReasoningControls):
     effort: Effort | None = None
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
-    exclude: bool | None = None
-    enabled: bool | None = None
-    loop_guard: bool | None = None
 
 
 class JSONSchemaFormat(BaseModel):
@@ -155,10 +148,3 @@ class ChatCompletionRequest(BaseModel):
 
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-    def effort(self, default: str) -> str:
-        if self.reasoning_effort:
-            return self.reasoning_effort
-        if self.reasoning and self.reasoning.effort:
-            return self.reasoning.effort
-        return default

@@ -25,9 +25,13 @@ from server.api.completions.schema import DEFAULT_MAX_TOKENS, CompletionRequest
 from server.engine.engine import STOP_TOKENS, Finished
 from server.plumbing.errors import APIError
 from server.registry.lease import serving
-from server.state import ServerState, sampling_params
+from server.state import ServerState
 from server.turn.logprobs import token_bytes, token_text
-from server.turn.pipeline import check_context, check_n, merged, seeded
+from server.turn.pipeline import check_context, merged
+from server.turn.request import sampling_given
+from server.turn.resolve import choices as resolve_choices
+from server.turn.resolve import sampling as resolve_sampling
+from server.turn.resolve import seeded
 from server.turn.run import StopMatcher
 
 router = APIRouter()
@@ -129,9 +133,9 @@ class Choice:
 
 def _choices(state: ServerState, body: CompletionRequest) -> tuple[list[Choice], list[list[int]]]:
     body.check()
-    n = check_n(state, body.n)
+    n = resolve_choices(body.n, state.settings)
     prompts = body.prompts(state.encoding)
-    sampling = sampling_params(body, state.settings)
+    sampling = resolve_sampling(sampling_given(body), state.settings)
     requested = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     choices = []
     for prompt in prompts:

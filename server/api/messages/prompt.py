@@ -10,40 +10,34 @@ order; harmony/render.py decides which old reasoning is shown again, as for ever
 import json
 
 from server.api.messages.schema import MessagesRequest
-from server.engine.sampling import SamplingParams
 from server.harmony import render as harmony
-from server.harmony.tools import ToolNames, check_parameters, describe
+from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.turn.pipeline import ANY_TOOL, TurnSpec
-from server.turn.plan import Asked
+from server.turn.request import (
+    FormatAsk,
+    ReasoningAsk,
+    ToolChoice,
+    ToolDef,
+    TurnRequest,
+    sampling_given,
+    tool_names,
+)
 
 BILLING_HEADER = "x-anthropic-billing-header:"
 
 
-def tool_setup(body: MessagesRequest) -> tuple[ToolNames, list, str | None]:
-    """(name mapping, tool descriptions shown to the model, the tool the reply must call)."""
-    tools = body.tools or []
-    names = ToolNames([t.name for t in tools])
-    if len(names.to_model) != len(tools):
-        raise invalid_request("tools: tool names must be unique", param="tools")
-    for i, tool in enumerate(tools):
-        problem = check_parameters(tool.name, tool.input_schema)
-        if problem:
-            raise invalid_request(problem, param=f"tools[{i}].input_schema")
-    choice = body.tool_choice.type if body.tool_choice else "auto"
-    if choice == "none" or not tools:
-        if choice in ("any", "tool"):
-            raise invalid_request("tool_choice needs tools", param="tool_choice")
-        return names, [], None
-    descriptions = [describe(names.model_name(t.name), t.description, t.input_schema) for t in tools]
-    if choice == "any":
-        return names, descriptions, ANY_TOOL
-    if choice == "tool":
-        wanted = body.tool_choice.name
-        if wanted not in names.to_model:
-            raise invalid_request(f"tool_choice names an unknown tool {wanted!r}", param="tool_choice.name")
-        return names, descriptions, names.model_name(wanted)
-    return names, descriptions, None
+def tools(body: MessagesRequest) -> tuple[ToolDef, ...]:
+    return tuple(ToolDef(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
+                 for i, t in enumerate(body.tools or []))
+
+
+def tool_choice(body: MessagesRequest) -> ToolChoice:
+    """Anthropic's choices in the resolver's words: "any" is "required", "tool" a named one."""
+    choice = body.tool_choice
+    if choice is None:
+        return ToolChoice()
+    kind = {"any": "required", "tool": "named"}.get(choice.type, choice.type)
+    return ToolChoice(kind, choice.name, param="tool_choice.name" if kind == "named" else "tool_choice")
 
 
 def system_text(body: MessagesRequest) -> str:
@@ -106,29 +100,33 @@ def conversation(body: MessagesRequest, names: ToolNames) -> list:
     return messages
 
 
-def asked(body: MessagesRequest) -> Asked:
-    """What the request asks of its reply: the reasoning budget (`thinking`), structured output."""
-    asked = Asked(max_tokens_param="max_tokens")
+def reasoning(body: MessagesRequest) -> ReasoningAsk:
+    """The reasoning budget (`thinking`)."""
     thinking = body.thinking
     if thinking is not None and thinking.type == "enabled" and thinking.budget_tokens is not None:
-        asked.budget = thinking.budget_tokens
-    elif thinking is not None and thinking.type == "disabled":
-        asked.enabled = False
+        return ReasoningAsk(budget=thinking.budget_tokens)
+    if thinking is not None and thinking.type == "disabled":
+        return ReasoningAsk(enabled=False)
+    return ReasoningAsk()
+
+
+def response_format(body: MessagesRequest) -> FormatAsk | None:
     fmt = body.output_config.format if body.output_config else None
-    if fmt is not None:
-        asked.format_type, asked.format_param = "json_schema", "output_config.format"
-        asked.format_schema = fmt.schema_
-    return asked
+    return FormatAsk("json_schema", schema=fmt.schema_, param="output_config.format") if fmt is not None else None
 
 
-def turn_spec(body: MessagesRequest, default_effort: str, sampling: SamplingParams) -> tuple[TurnSpec, ToolNames]:
-    names, descriptions, forced = tool_setup(body)
-    prompt = harmony.Prompt(
-        effort=body.effort(default_effort),
+def translate(body: MessagesRequest) -> TurnRequest:
+    """What the request asks of its turn, in its own values (defaults are the resolver's)."""
+    declared = tools(body)
+    return TurnRequest(
         instructions=system_text(body),
-        tools=descriptions,
-        messages=conversation(body, names),
+        messages=conversation(body, tool_names(declared)),
+        tools=declared,
+        tool_choice=tool_choice(body),
+        effort=body.output_config.effort if body.output_config else None,
+        sampling=sampling_given(body),
+        max_tokens=body.max_tokens,
+        stop=tuple(body.stop_sequences or ()),
+        reasoning=reasoning(body),
+        response_format=response_format(body),
     )
-    spec = TurnSpec(prompt, sampling, max_tokens=body.max_tokens, asked=asked(body), forced_tool=forced,
-                    stop=list(body.stop_sequences or []))
-    return spec, names

@@ -15,11 +15,11 @@ from fastapi.responses import StreamingResponse
 
 from server.api.messages.errors import error_event
 from server.api.messages.output import ContentBuilder, stop_reason, usage
-from server.api.messages.prompt import turn_spec
+from server.api.messages.prompt import translate
 from server.api.messages.schema import CountTokensRequest, MessagesRequest
 from server.registry.lease import facts, serving
-from server.state import sampling_params
-from server.turn.pipeline import Turn, render, with_heartbeat
+from server.turn.pipeline import Turn, open_turns, render, with_heartbeat
+from server.turn.resolve import resolve
 from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.messages")
@@ -34,11 +34,11 @@ def _sse(event: dict) -> str:
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
-    spec, names = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
-    turn = await Turn.open(state, spec)
+    resolved = resolve(translate(body), state.settings)
+    (turn,) = await open_turns(state, resolved)
     message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                "model": state.model_id}
-    builder = ContentBuilder(names)
+    builder = ContentBuilder(resolved.tools.names)
     if body.stream:
         return StreamingResponse(_stream(turn, message, builder), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -82,5 +82,4 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
 async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
     state = facts(request, body.model)
-    spec, _ = turn_spec(body, state.settings.reasoning_effort, sampling_params(body, state.settings))
-    return {"input_tokens": len(render(state, spec).tokens)}
+    return {"input_tokens": len(render(state, resolve(translate(body), state.settings)).tokens)}

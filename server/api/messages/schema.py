@@ -13,9 +13,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
 
-# Efforts Anthropic's API accepts, mapped onto harmony's three levels (as Responses maps OpenAI's).
-EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high",
-           "max": "high"}
+# Efforts the API accepts (server/turn/resolve.py maps them onto harmony's three levels).
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
@@ -166,10 +164,6 @@ class MessagesRequest(BaseModel):
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
     metadata: dict[str, Any] | None = None
-
-    def effort(self, default: str) -> str:
-        chosen = self.output_config.effort if self.output_config else None
-        return EFFORTS[chosen] if chosen else default
 
 
 class CountTokensRequest(MessagesRequest):

@@ -16,9 +16,10 @@ arguments streamed as they are generated. Events come in OpenAI's order:
 import time
 import uuid
 
-from server.api.responses.prompt import ToolSet, encrypt_reasoning
+from server.api.responses.prompt import encrypt_reasoning
 from server.harmony.parse import Event
 from server.turn.logprobs import openai_entry
+from server.turn.resolve import ResolvedTools
 from server.turn.run import TurnEnd
 
 
@@ -30,7 +31,7 @@ KINDS = {"reasoning": "reasoning", "content": "message", "tool_call": "function_
 
 
 class OutputBuilder:
-    def __init__(self, tools: ToolSet, encrypted_reasoning: bool, encoding=None, top_logprobs: int | None = None):
+    def __init__(self, tools: ResolvedTools, encrypted_reasoning: bool, encoding=None, top_logprobs: int | None = None):
         self.tools = tools
         self.encrypted_reasoning = encrypted_reasoning
         self.output: list[dict] = []  # finished items
@@ -77,7 +78,7 @@ class OutputBuilder:
             self._item = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
                           "content": []}
         else:
-            namespace, name = self.tools.client_function(text)
+            namespace, name = self.tools.client(text)
             self._item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
                           "call_id": new_id("call"), "name": name, "arguments": ""}
             if namespace:

@@ -16,15 +16,20 @@ local, so it is not encrypted: it is the text, base64-encoded behind a marker.
 
 import base64
 import binascii
-from dataclasses import dataclass
 
+from server.api.reasoning import asked_effort, reasoning_ask
 from server.api.responses.schema import ResponsesRequest
-from server.engine.sampling import SamplingParams
 from server.harmony import render as harmony
-from server.harmony.tools import ToolNames, check_parameters, describe
+from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.turn.pipeline import ANY_TOOL, TurnSpec
-from server.turn.plan import Asked, from_reasoning
+from server.turn.request import (
+    FormatAsk,
+    ToolChoice,
+    ToolDef,
+    TurnRequest,
+    sampling_given,
+    tool_names,
+)
 
 ENCRYPTED_MARKER = "swallow-reasoning-v1:"
 
@@ -52,58 +57,22 @@ def reasoning_text(item) -> str:
     return "\n\n".join(part.text for part in item.summary)
 
 
-def tool_key(namespace: str | None, name: str) -> str:
-    return f"{namespace}.{name}" if namespace else name
-
-
-@dataclass
-class ToolSet:
-    names: ToolNames  # client keys ("name" or "namespace.name") <-> names the model writes
-    functions: dict[str, tuple[str | None, str]]  # client key -> (namespace, name)
-    descriptions: list  # what the model is shown
-    forced: str | None  # the tool the reply must call (tool_choice): None, ANY_TOOL or a model name
-
-    def model_name(self, namespace: str | None, name: str) -> str:
-        return self.names.model_name(tool_key(namespace, name))
-
-    def client_function(self, model_name: str) -> tuple[str | None, str]:
-        key = self.names.client_name(model_name)
-        return self.functions.get(key, (None, key))
-
-
-def tool_setup(body: ResponsesRequest) -> ToolSet:
-    found = []  # (namespace, function tool, param path)
+def tools(body: ResponsesRequest) -> tuple[ToolDef, ...]:
+    """Function tools and the functions of namespaces; other tool types (web_search) passed
+    validation because they are left out on purpose."""
+    found = []
     for i, tool in enumerate(body.tools or []):
         if tool.type == "function":
             found.append((None, tool, f"tools[{i}]"))
         elif tool.type == "namespace":
             found.extend((tool.name, f, f"tools[{i}].tools[{j}]") for j, f in enumerate(tool.tools))
-        # anything else passed validation because it is left out on purpose (web_search)
-    keys = [tool_key(namespace, f.name) for namespace, f, _ in found]
-    names = ToolNames(keys)
-    if len(set(keys)) != len(keys):
-        raise invalid_request("tools: function names must be unique (within their namespace)", param="tools")
-    for namespace, f, path in found:
-        problem = check_parameters(f.name, f.parameters)
-        if problem:
-            raise invalid_request(problem, param=f"{path}.parameters")
-    functions = {key: (namespace, f.name) for key, (namespace, f, _) in zip(keys, found)}
+    return tuple(ToolDef(f.name, f.description, f.parameters, bool(f.strict), namespace=namespace,
+                         param=f"{path}.parameters") for namespace, f, path in found)
+
+
+def tool_choice(body: ResponsesRequest) -> ToolChoice:
     choice = body.tool_choice or "auto"
-    if choice == "none" or not found:
-        if choice not in ("none", "auto"):
-            raise invalid_request("tool_choice needs function tools", param="tool_choice")
-        return ToolSet(names, functions, [], None)
-    descriptions = [describe(names.model_name(key), f.description, f.parameters)
-                    for key, (_, f, _) in zip(keys, found)]
-    if choice == "auto":
-        forced = None
-    elif choice == "required":
-        forced = ANY_TOOL
-    else:
-        if choice.name not in names.to_model:
-            raise invalid_request(f"tool_choice names an unknown function {choice.name!r}", param="tool_choice")
-        forced = names.model_name(choice.name)
-    return ToolSet(names, functions, descriptions, forced)
+    return ToolChoice(choice) if isinstance(choice, str) else ToolChoice("named", choice.name)
 
 
 def _call_follows(items: list, i: int) -> bool:
@@ -117,7 +86,7 @@ def _call_follows(items: list, i: int) -> bool:
     return False
 
 
-def conversation(items: list, tools: ToolSet, first_new: int = 0) -> tuple[list[str], list]:
+def conversation(items: list, names: ToolNames, first_new: int = 0) -> tuple[list[str], list]:
     """(developer/system texts, harmony messages) of the items; items before `first_new` come
     from the stored conversation, the rest from this request's `input` (for error locations)."""
     instructions, messages, calls = [], [], {}
@@ -137,7 +106,7 @@ def conversation(items: list, tools: ToolSet, first_new: int = 0) -> tuple[list[
             if text:
                 messages.append(harmony.assistant_reasoning(text))
         elif item.type == "function_call":
-            model_name = tools.model_name(item.namespace, item.name)
+            model_name = names.model_name(f"{item.namespace}.{item.name}" if item.namespace else item.name)
             calls[item.call_id] = model_name
             messages.append(harmony.tool_call(model_name, item.arguments or "{}"))
         elif item.type == "function_call_output":
@@ -152,44 +121,30 @@ def conversation(items: list, tools: ToolSet, first_new: int = 0) -> tuple[list[
     return instructions, messages
 
 
-def asked(body: ResponsesRequest, tools: ToolSet, tools_active: bool) -> Asked:
-    """What the request asks of its reply: reasoning controls, text format, strict tools."""
-    asked = from_reasoning(Asked(max_tokens_param="max_output_tokens"), body.reasoning)
+def response_format(body: ResponsesRequest) -> FormatAsk | None:
     fmt = body.text.format if body.text is not None else None
-    if fmt is not None and fmt.type != "text":
-        asked.format_type = fmt.type
-        asked.format_param = "text.format"
-        asked.format_name = fmt.name or "response"
-        asked.format_schema = fmt.schema_
-        asked.format_description = fmt.description
-    if tools_active:
-        for i, tool in enumerate(body.tools or []):
-            if tool.type == "function":
-                functions = [(None, tool, f"tools[{i}]")]
-            elif tool.type == "namespace":
-                functions = [(tool.name, f, f"tools[{i}].tools[{j}]") for j, f in enumerate(tool.tools)]
-            else:
-                continue
-            asked.strict_tools += [(tools.model_name(namespace, f.name), f.parameters, f"{path}.parameters")
-                                   for namespace, f, path in functions if f.strict]
-    return asked
+    if fmt is None or fmt.type == "text":
+        return None
+    return FormatAsk(fmt.type, fmt.name or "response", fmt.schema_, fmt.description, param="text.format")
 
 
-
-def turn_spec(body: ResponsesRequest, history: list, default_effort: str,
-              sampling: SamplingParams) -> tuple[TurnSpec, ToolSet]:
-    """`history`: the items of the stored conversation (previous_response_id), already validated."""
-    tools = tool_setup(body)
+def translate(body: ResponsesRequest, history: list) -> TurnRequest:
+    """What the request asks of its turn, in its own values (defaults are the resolver's).
+    `history`: the items of the stored conversation (previous_response_id), already validated."""
+    declared = tools(body)
     items = list(history) + list(body.input or [])
-    texts, messages = conversation(items, tools, first_new=len(history))
-    instructions = ([body.instructions] if body.instructions else []) + texts
-    prompt = harmony.Prompt(
-        effort=body.effort(default_effort),
-        instructions="\n\n".join(instructions),
-        tools=tools.descriptions,
+    texts, messages = conversation(items, tool_names(declared), first_new=len(history))
+    return TurnRequest(
+        instructions="\n\n".join(([body.instructions] if body.instructions else []) + texts),
         messages=messages,
+        tools=declared,
+        tool_choice=tool_choice(body),
+        effort=asked_effort(body),
+        sampling=sampling_given(body),
+        max_tokens=body.max_output_tokens,
+        max_tokens_param="max_output_tokens",
+        logprobs=body.logprobs(),
+        reasoning=reasoning_ask(body.reasoning),
+        response_format=response_format(body),
+        input_param="input",
     )
-    spec = TurnSpec(prompt, sampling, max_tokens=body.max_output_tokens,
-                    asked=asked(body, tools, bool(tools.descriptions)), forced_tool=tools.forced,
-                    input_param="input", logprobs=body.logprobs())
-    return spec, tools

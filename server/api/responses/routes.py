@@ -18,14 +18,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
 from server.api.responses.output import OutputBuilder, ResponseShell, final_status
-from server.api.responses.prompt import turn_spec
+from server.api.responses.prompt import translate
 from server.api.responses.schema import InputItem, ResponsesRequest
 from server.api.responses.store import ResponseStore, with_ids
 from server.plumbing.errors import APIError
 from server.plumbing.limits import check_total
 from server.registry.lease import serving
-from server.state import sampling_params
-from server.turn.pipeline import Turn
+from server.turn.pipeline import Turn, open_turns
+from server.turn.resolve import resolve
 from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.responses")
@@ -56,10 +56,10 @@ async def create_response(body: ResponsesRequest, request: Request):
                            param="previous_response_id", code="previous_response_not_found")
         check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
-    spec, tools = turn_spec(body, history, settings.reasoning_effort, sampling_params(body, settings))
-    turn = await Turn.open(state, spec)
-    shell = ResponseShell(body, state.model_id, spec.prompt.effort, spec.sampling)
-    builder = OutputBuilder(tools, body.wants_encrypted_reasoning(), state.encoding, spec.logprobs)
+    resolved = resolve(translate(body, history), settings)
+    (turn,) = await open_turns(state, resolved)
+    shell = ResponseShell(body, state.model_id, resolved.prompt.effort, resolved.sampling)
+    builder = OutputBuilder(resolved.tools, body.wants_encrypted_reasoning(), state.encoding, resolved.logprobs)
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
     def save(response: dict) -> None:
@@ -71,7 +71,7 @@ async def create_response(body: ResponsesRequest, request: Request):
                 log.exception("could not store response %s", response["id"])
 
     def finished(end: TurnEnd) -> dict:
-        problem = turn.plan.problem(end, turn.max_tokens)  # structured output that can't be given
+        problem = turn.plan.problem(end, turn.limit)  # structured output that can't be given
         status = "failed" if problem else final_status(end)
         error = {"code": "server_error", "message": f"The generation failed: {end.error}"} if status == "failed" else None
         if problem:

@@ -20,11 +20,11 @@ from pydantic import (
     model_validator,
 )
 
+from server.api.reasoning import ReasoningControls
 from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES
 
-# Efforts OpenAI accepts for its own models, mapped onto harmony's three levels.
-EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
+# Efforts the API accepts (server/turn/resolve.py maps them onto harmony's three levels).
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 IGNORED_TOOL_TYPES = ("web_search",)
 
@@ -195,15 +195,9 @@ class FunctionChoice(BaseModel):
     name: str
 
 
-class ReasoningOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ReasoningOptions(ReasoningControls):
     effort: Effort | None = None
     summary: str | None = None  # accepted; the model's reasoning comes as reasoning_text, not summaries
-    # OpenRouter's reasoning budget and exclude, and this server's loop guard switch (server/turn/plan.py)
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
-    exclude: bool | None = None
-    enabled: bool | None = None
-    loop_guard: bool | None = None
 
 
 class TextFormat(BaseModel):
@@ -276,10 +270,6 @@ class ResponsesRequest(BaseModel):
         if not self.input and not self.previous_response_id:
             raise ValueError("input: give input (a string or a list of items)")
         return self
-
-    def effort(self, default: str) -> str:
-        chosen = self.reasoning_effort or (self.reasoning.effort if self.reasoning else None)
-        return EFFORTS[chosen] if chosen else default
 
     def logprobs(self) -> int | None:
         """Top-N logprobs per answer token, with include ["message.output_text.logprobs"]."""

@@ -16,13 +16,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.vocab import VOCAB_SIZE
-from server.api.chat.prompt import turn_spec
+from server.api.chat.prompt import translate
 from server.api.chat.schema import ChatCompletionRequest
 from server.plumbing.errors import invalid_request
 from server.registry.lease import facts
-from server.state import sampling_params
 from server.turn.logprobs import token_bytes
 from server.turn.pipeline import render
+from server.turn.resolve import resolve
 
 router = APIRouter()
 
@@ -55,8 +55,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
             first = e.errors()[0]
             where = ".".join(map(str, first["loc"]))
             raise invalid_request(f"{where}: {first['msg']}" if where else first["msg"], param=where or None)
-        spec, _ = turn_spec(chat, state.settings.reasoning_effort, sampling_params(chat, state.settings))
-        tokens = render(state, spec).tokens
+        tokens = render(state, resolve(translate(chat), state.settings)).tokens
     else:
         text = body.prompt if body.prompt is not None else body.content
         if text is None:
