@@ -1,8 +1,9 @@
 """Settings: defaults < config file < environment (SWALLOW_*) < command line.
 
-Every setting is a field of `Settings`; config.toml at the top of the repository documents
-each one. The TOML file may group settings in tables ([server], [model], [generation]):
-tables are only for reading, the names are unique across them.
+Every setting is a field of `Settings`; config.toml at the top of the repository lists each one
+with its default, and docs/configuration.md explains them. The TOML file groups settings in tables
+([server], [model], [generation], ...: `TABLES`); tables are only for reading, the names are unique
+across them, so a setting under another table still works, with a warning naming its own.
 """
 
 import logging
@@ -94,8 +95,10 @@ class Settings(BaseModel):
     model_identity: str = "You are ChatGPT, a large language model trained by OpenAI."
     knowledge_cutoff: str = "2024-06"
 
-    # [models]: more models from one server (server/registry/)
-    models: list["ModelEntry"] = Field(default_factory=list)  # [[models]] tables; see ModelEntry
+    # [[models]] tables, at the top level: more models from one server (server/registry/)
+    models: list["ModelEntry"] = Field(default_factory=list)  # see ModelEntry
+
+    # [model_registry]: how those models are picked, loaded and unloaded
     strict_model_names: bool = False  # true: an unknown model name is a 404, not the default model
     models_memory_mb: int = Field(0, ge=0)  # weights of the loaded models; 0: what the machine has
     keep_alive: str | float = -1.0  # idle time before a model is unloaded; negative: never ("5m", 300)
@@ -155,6 +158,45 @@ class Settings(BaseModel):
                     raise ValueError(f"{origin!r} is not an origin like http://localhost:3000, "
                                      "http://localhost:* (any port) or *")
         return value
+
+
+# config.toml's tables and the settings each one groups. `models` is the list of [[models]] tables,
+# at the top level. tests/test_docs.py checks that config.toml and docs/configuration.md agree.
+TABLES: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port", "log_level"),
+    "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public"),
+    "limits": ("max_concurrency", "max_queue", "shutdown_timeout", "max_messages"),
+    "model": ("model", "served_model_name", "trust_remote_code", "context_length", "model_identity",
+              "knowledge_cutoff"),
+    "model_registry": ("strict_model_names", "models_memory_mb", "keep_alive", "model_load_timeout",
+                       "discover_cached_models"),
+    "generation": ("temperature", "top_p", "top_k", "min_p", "reasoning_effort", "max_tokens", "max_n"),
+    "reasoning": ("reasoning_max_tokens", "loop_guard", "loop_max_period", "loop_min_repeats", "loop_min_tokens"),
+    "engine": ("max_batch_size", "prefill_step_size", "prompt_cache_mb", "prompt_cache_disk_mb",
+               "prompt_cache_disk_min_tokens", "openblas", "kv_memory_mb"),
+    "distributed": ("distributed_timeout",),
+    "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
+}
+TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
+
+
+def misplaced(document: dict, where: str) -> list[str]:
+    """Warnings for settings written under a table that isn't theirs (`[server] temperature = 0`).
+    They are read all the same (names are unique), but the next reader looks for them elsewhere.
+    Settings at the top level, outside any table, are fine."""
+    found = []
+
+    def walk(table: dict, path: str) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value, f"{path}.{key}" if path else key)
+            elif path and key == "models":
+                found.append(f"{where}: [[models]] is under [{path}]; it belongs at the top level, as [[models]]")
+            elif path and key in TABLE_OF and TABLE_OF[key] != path:
+                found.append(f"{where}: {key} is under [{path}]; it belongs in [{TABLE_OF[key]}]")
+
+    walk(document, "")
+    return found
 
 
 # Settings a [[models]] entry may set for its model alone: the rest are the server's.
@@ -242,9 +284,12 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None)
         path = Path("config.toml")
     if path is not None:
         try:
-            values.update(_flatten(tomllib.loads(path.read_text())))
+            document = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
+        for warning in misplaced(document, str(path)):
+            log.warning("%s", warning)
+        values.update(_flatten(document))
         log.info("settings from %s", path)
     values.update(_from_environment())
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -34,6 +34,23 @@ def test_repository_config_file_is_valid_and_matches_the_defaults():
     assert load_settings(str(ROOT / "config.toml")) == Settings()
 
 
+def test_a_setting_under_the_wrong_table_is_a_warning_naming_its_own(tmp_path, caplog):
+    config = tmp_path / "moved.toml"
+    config.write_text('[server]\nport = 9001\ntemperature = 0.2\n'
+                      '[model_registry]\n[[model_registry.models]]\nmodel = "demo"\n')
+    settings = load_settings(str(config))
+    assert settings.temperature == 0.2 and settings.models[0].model == "demo"  # read all the same
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{config}: temperature is under [server]; it belongs in [generation]",
+        f"{config}: [[models]] is under [model_registry]; it belongs at the top level, as [[models]]",
+    ]
+    # as a user sees it: on standard error, before the settings are used (here, refused)
+    config.write_text("[limits]\nreasoning_effort = 'medium'\n[generation]\ntop_p = 7\n")
+    result = run_cli("--config", str(config))
+    assert result.returncode == 2 and "top_p" in result.stderr
+    assert "reasoning_effort is under [limits]; it belongs in [generation]" in result.stderr
+
+
 def test_bad_settings_are_reported(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("[generation]\ntemperature = 9\n")

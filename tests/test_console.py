@@ -25,10 +25,13 @@ from tests.scripts import (
 )
 
 
+ENGLISH = {"LC_ALL": "C.UTF-8"}  # the commands speak the terminal's language: these tests read English
+
+
 def generate(*args, input=None, env=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "server", "generate", *args], cwd=ROOT, input=input,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+                          env={**os.environ, **ENGLISH, **(env or {})}, check=False)
 
 
 # ---- generate ----------------------------------------------------------------------------
@@ -124,7 +127,7 @@ def test_generate_ctrl_c_stops_the_generation(scripted_server):
     # shell starts background jobs with SIGINT ignored, and children inherit that)
     process = subprocess.Popen([sys.executable, "-m", "server", "generate", "--url", scripted_server.url,
                                 "--prompt", "Write a long essay"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **ENGLISH},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stdout.read(6) == "word0 "      # the answer is streaming
@@ -141,7 +144,8 @@ def test_generate_ctrl_c_stops_the_generation(scripted_server):
 
 def test_chat_wants_a_terminal(scripted_server):
     result = subprocess.run([sys.executable, "-m", "server", "chat", "--url", scripted_server.url], cwd=ROOT,
-                            input="hello\n", capture_output=True, text=True, timeout=60, check=False)
+                            input="hello\n", capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, **ENGLISH})
     assert result.returncode == 2 and "not a terminal" in result.stderr
 
 
@@ -150,10 +154,12 @@ def test_chat_wants_a_terminal(scripted_server):
 class Terminal:
     """A tmux session of fixed size running one command, on a private tmux server."""
 
-    def __init__(self, tmp_path: Path, command: list[str], width: int = 120, height: int = 40):
+    def __init__(self, tmp_path: Path, command: list[str], width: int = 120, height: int = 40,
+                 lang: str = "C.UTF-8"):
         self.socket = str(tmp_path / "tmux.sock")
         self.name = "chat"
-        shell = (f"cd {shlex.quote(str(ROOT))} && env LANG=C.UTF-8 LC_ALL=C.UTF-8 "
+        # the locale as a terminal sets it: LANG alone (LC_ALL and LC_MESSAGES would override it)
+        shell = (f"cd {shlex.quote(str(ROOT))} && env -u LC_ALL -u LC_MESSAGES LANG={shlex.quote(lang)} "
                  f"{shlex.join(command)}; echo CHAT-EXITED rc=$?; sleep 600")
         self.tmux("new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), shell)
 
@@ -207,10 +213,10 @@ def terminal(tmp_path):
                     "(apt-get install tmux / brew install tmux)")
     opened = []
 
-    def open_terminal(*chat_args: str) -> Terminal:
-        term = Terminal(tmp_path, [sys.executable, "-m", "server", "chat", *chat_args])
+    def open_terminal(*chat_args: str, lang: str = "C.UTF-8") -> Terminal:
+        term = Terminal(tmp_path, [sys.executable, "-m", "server", "chat", *chat_args], lang=lang)
         opened.append(term)
-        term.wait_for("/help lists the commands")
+        term.wait_for("/help")  # the banner, in either language
         term.wait_for_prompt(1)
         return term
 
@@ -239,6 +245,18 @@ def test_chat_japanese_question_with_reasoning_apart(terminal, scripted_server):
     term.wait_for("> " + CAPITAL_QUESTION, count=2)
     term.keys("Enter")
     term.wait_for(CAPITAL_ANSWER, count=2)
+
+
+def test_chat_speaks_japanese_under_a_japanese_locale(terminal, scripted_server):
+    term = terminal("--url", scripted_server.url, lang="ja_JP.UTF-8")
+    assert "Enter で送信、Alt+Enter で改行、/help でコマンド一覧。" in term.screen()
+    term.send("/effort high")
+    term.wait_for("推論の深さ: high")
+    term.send(CAPITAL_QUESTION)
+    screen = term.wait_for("使用量: プロンプト ")
+    assert CAPITAL_ANSWER in screen and "usage:" not in screen
+    term.send("/help")
+    term.wait_for("/save FILE                会話を JSON で保存")
 
 
 def test_chat_effort_and_system_reach_the_system_message(terminal, scripted_server):

@@ -357,12 +357,11 @@ model = "{scripted_dir}"
     assert "loaded" in done.stdout
 
 
-def test_the_readmes_two_model_config_is_what_it_says(tmp_path):
+def test_the_docs_two_model_config_is_what_it_says(tmp_path):
     from server.config import load_settings
     from server.registry import catalog
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Several models from one server"):]
+    section = (ROOT / "docs" / "several-models.md").read_text()
     block = section[section.index("```toml\n") + 8:section.index("```\n", section.index("```toml\n"))]
     listed, default = catalog.build(load_settings(str(write_config(tmp_path / "config.toml", block))))
     by_name = {m.name: m for m in listed}

@@ -4,11 +4,15 @@ The browser is Debian's chromium with its chromedriver (`apt-get install chromiu
 driven with Selenium; nothing is downloaded. Without them the browser tests skip, saying so, and the
 HTTP tests of the page's files and /status.json still run.
 
+The browser speaks Japanese (`--lang=ja`, Accept-Language `ja`), as most of Swallow's users'
+browsers do, so the page's labels are Japanese here; one test switches it to English.
+
 A screenshot of a Japanese conversation is written to $SWALLOW_SCREENSHOT_DIR (when set) or the
 test's tmp dir: docs/chat-page.png in the README is one of those.
 """
 
 import os
+import re
 import shutil
 import time
 import warnings
@@ -124,6 +128,7 @@ def browser(tmp_path_factory):
                 "--disable-dev-shm-usage", "--window-size=1400,860", "--lang=ja",
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(arg)
+    options.add_experimental_option("prefs", {"intl.accept_languages": "ja"})  # navigator.languages
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     driver.set_script_timeout(30)
     yield driver
@@ -198,6 +203,28 @@ def test_the_page_is_light_and_quick(page):
     assert page.el("#status-model").text == "scripted"  # it fetched /status.json
 
 
+def test_the_page_speaks_the_browsers_language(page, server):
+    def labels() -> dict:
+        page.wait(lambda: page.el("#status-context").text != "–", 5, "the status panel")
+        return {"lang": page.js("return document.documentElement.lang"), "send": page.el("#send").text,
+                "settings": page.el("#toggle-settings").text, "server": page.el("#status-panel h2").text,
+                "input": page.el("#input").get_attribute("placeholder"), "context": page.el("#status-context").text}
+
+    assert labels() == {"lang": "ja", "send": "送信", "settings": "設定", "server": "サーバー",
+                        "input": "メッセージを入力（Enter で送信、Shift+Enter で改行）", "context": "4,096 トークン"}
+    agent = page.js("return navigator.userAgent")
+    try:  # a browser that prefers English (and knows no Japanese)
+        page.driver.execute_cdp_cmd("Emulation.setUserAgentOverride", {"userAgent": agent, "acceptLanguage": "en-US,fr"})
+        english = Page(page.driver, server.url)
+        assert labels() == {"lang": "en", "send": "Send", "settings": "Settings", "server": "Server",
+                            "input": "Message (Enter sends, Shift+Enter adds a line)", "context": "4,096 tokens"}
+        english.send("What is 2+2?")
+        assert re.fullmatch(r"\d+ tokens", english.wait_for_reply().find_element(
+            "css selector", "[data-stat=tokens]").text)
+    finally:
+        page.driver.execute_cdp_cmd("Emulation.setUserAgentOverride", {"userAgent": agent, "acceptLanguage": "ja"})
+
+
 def record_states(page: Page) -> None:
     """Start noting, every frame, whether the reply's thinking block is open and what it shows."""
     page.js("""window.states = [];
@@ -230,8 +257,8 @@ def test_a_reply_streams_in_with_its_reasoning_folded_away(page):
     assert all(not s["open"] for s in streamed if s["answer"] > 0)
     stats = {s.get_attribute("data-stat"): s.text for s in reply.find_elements("css selector", ".stats span")}
     assert {"tokens", "reasoning-tokens", "cached-tokens", "tps", "ttft"} <= set(stats), stats
-    assert int(stats["reasoning-tokens"].split()[0]) > 0
-    assert int(stats["tokens"].split()[0]) > int(stats["reasoning-tokens"].split()[0])
+    count = {name: int(re.search(r"\d+", text).group()) for name, text in stats.items() if name != "ttft"}
+    assert 0 < count["reasoning-tokens"] < count["tokens"]
 
 
 def test_stop_mid_stream_frees_the_server_at_once(page, server):
@@ -240,7 +267,7 @@ def test_stop_mid_stream_frees_the_server_at_once(page, server):
               what="the essay to begin")
     page.el("#stop").click()
     reply = page.wait_for_reply(5)
-    assert "stopped" in reply.find_element("css selector", ".stats").text
+    assert "停止しました" in reply.find_element("css selector", ".stats").text  # "stopped"
     stopped = time.monotonic()
     page.wait(lambda: server.health()["running"] == 0, 3, "the engine to drop the request")
     page.wait(lambda: httpx.get(server.url + "/status.json").json()["requests"]["running"] == 0, 3, "the slot")
@@ -327,7 +354,7 @@ def test_code_blocks_have_a_copy_button(page):
     page.send(CODE_QUESTION)
     reply = page.wait_for_reply()
     assert reply.find_element("css selector", "pre code").text == "print('こんにちは')"
-    assert reply.find_element("css selector", "pre button.copy").text == "Copy"
+    assert reply.find_element("css selector", "pre button.copy").text == "コピー"  # "Copy"
 
 
 def test_with_an_api_key_the_page_asks_for_it_once(browser, start_server, web_model):

@@ -23,19 +23,10 @@ from server.console.client import (
     add_generation_arguments,
     request_body,
 )
+from server.console.messages import say
 
 EFFORTS = ("low", "medium", "high")
 REASONING_MODES = ("show", "fold", "hide")
-HELP = """\
-Enter sends; Alt+Enter (or Esc then Enter) adds a line. Up/down: input history.
-Ctrl-C stops a reply (or clears the line); Ctrl-D or /quit leaves.
-  /effort low|medium|high   reasoning effort of the next replies (no argument: show it)
-  /system TEXT              set the instructions (system message); /system alone removes them
-  /reasoning show|fold|hide how the model's reasoning is shown
-  /clear                    forget the conversation (keeps /system and /effort)
-  /save FILE                write the conversation as JSON: {"reasoning_effort", "messages": [...]}
-  /quit                     leave (also /exit)
-A message that starts with / is sent as is when written //..."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,34 +92,34 @@ class Chat:
         if name in ("/quit", "/exit"):
             return False
         if name == "/help":
-            self.note(HELP)
+            self.note(say("help"))
         elif name == "/effort":
             if not arg:
-                self.note(f"reasoning effort: {self.effort or 'the server default'}")
+                self.note(say("effort_is", effort=self.effort or say("server_default")))
             elif arg in EFFORTS:
                 self.effort = arg
-                self.note(f"reasoning effort: {arg}")
+                self.note(say("effort_is", effort=arg))
             else:
-                self.note("usage: /effort low|medium|high")
+                self.note(say("effort_usage"))
         elif name == "/system":
             self.system = arg or None
-            self.note(f"system message: {arg}" if arg else "system message removed")
+            self.note(say("system_is", text=arg) if arg else say("system_removed"))
         elif name == "/reasoning":
             if arg in REASONING_MODES:
                 self.reasoning = arg
-                self.note(f"reasoning: {arg}")
+                self.note(say("reasoning_is", mode=arg))
             else:
-                self.note("usage: /reasoning show|fold|hide")
+                self.note(say("reasoning_usage"))
         elif name == "/clear":
             self.messages, self.reasonings = [], []
-            self.note("conversation cleared")
+            self.note(say("cleared"))
         elif name == "/save":
             if not arg:
-                self.note("usage: /save FILE")
+                self.note(say("save_usage"))
             else:
                 self.save(Path(arg).expanduser())
         else:
-            self.note(f"unknown command {name}; /help lists them")
+            self.note(say("unknown_command", name=name))
         return True
 
     def save(self, path: Path) -> None:
@@ -145,9 +136,9 @@ class Chat:
         try:
             path.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
         except OSError as e:
-            self.note(f"cannot save: {e}")
+            self.note(say("cannot_save", error=e))
             return
-        self.note(f"saved {len(messages)} messages to {path}")
+        self.note(say("saved", count=len(messages), path=path))
 
     # ---- a turn ----
 
@@ -164,7 +155,7 @@ class Chat:
                 state["status"] = None
             if mode == "fold" and reply.reasoning:
                 thought = reply.reasoning_seconds if reply.reasoning_seconds is not None else reply.seconds
-                self.note(f"▸ thought for {thought:.1f} s ({len(reply.reasoning)} characters)")
+                self.note(say("thought_for", seconds=thought, characters=len(reply.reasoning)))
             elif state["open"]:
                 console.print()
             state["open"] = False
@@ -174,7 +165,7 @@ class Chat:
                 console.print(chunk, style="dim", end="", markup=False)
                 state["open"] = not chunk.endswith("\n")
             elif mode == "fold" and state["status"] is None:
-                state["status"] = console.status("thinking…", spinner="dots")
+                state["status"] = console.status(say("thinking"), spinner="dots")
                 state["status"].start()
 
         def on_content(chunk: str) -> None:
@@ -190,14 +181,14 @@ class Chat:
             if not state["answering"]:
                 end_reasoning()
             console.print()
-            self.note("[stopped]")
+            self.note(say("stopped"))
             self.messages.pop()
             return
         except ClientError as e:
             if not state["answering"]:
                 end_reasoning()
             console.print()
-            console.print(f"error: {e}", style="red", markup=False)
+            console.print(say("error", error=e), style="red", markup=False)
             self.messages.pop()
             return
         if not state["answering"]:
@@ -229,8 +220,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
     if not sys.stdin.isatty():
-        print("swallow-server chat: standard input is not a terminal (use `swallow-server generate`)",
-              file=sys.stderr)
+        print(f"swallow-server chat: {say('not_a_terminal')}", file=sys.stderr)
         return 2
     try:
         with Connection(args) as client:
@@ -238,8 +228,7 @@ def main(argv: list[str]) -> int:
                 model = client.http.get("/v1/models", timeout=10).json()["data"][0]["id"]
             except Exception:  # noqa: BLE001 - only for the banner
                 model = "?"
-            console.print(f"swallow-server chat: {model} at {client.url}. Enter sends, Alt+Enter adds a line, "
-                          "/help lists the commands.", style="dim", markup=False)
+            console.print(say("banner", model=model, url=client.url), style="dim", markup=False)
             return Chat(client, args, console).run(make_session(args.history_file))
     except ClientError as e:
         print(f"swallow-server chat: {e}", file=sys.stderr)

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from server.console.messages import say
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"}
 
@@ -77,16 +79,15 @@ class Reply:
     seconds: float = 0.0
 
     def usage_line(self) -> str:
-        parts = [f"{self.seconds:.1f} s"]
+        line = say("usage_seconds", seconds=self.seconds)
         if self.usage is not None:
             u = self.usage
             rate = u.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-            parts = [f"prompt {u.prompt_tokens} tokens ({u.cached_tokens} cached)",
-                     f"completion {u.completion_tokens} ({u.reasoning_tokens} reasoning)",
-                     f"{self.seconds:.1f} s", f"{rate:.1f} tok/s"]
+            line = say("usage_line", prompt=u.prompt_tokens, cached=u.cached_tokens, completion=u.completion_tokens,
+                       reasoning=u.reasoning_tokens, seconds=self.seconds, rate=rate)
         if self.finish_reason and self.finish_reason != "stop":
-            parts.append(f"finish: {self.finish_reason}")
-        return "usage: " + ", ".join(parts)
+            line += say("finish", reason=self.finish_reason)
+        return line
 
 
 def request_body(messages: list[dict], *, effort=None, max_tokens=None, temperature=None,
@@ -110,7 +111,7 @@ def _error_message(response: httpx.Response) -> str:
         message = error.get("message") or response.text
     except (ValueError, AttributeError):
         message = response.text
-    return f"the server answered {response.status_code}: {message}".strip()
+    return say("server_answered", status=response.status_code, message=message).strip()
 
 
 class Client:
@@ -143,7 +144,7 @@ class Client:
                         break
                     chunk = json.loads(data)
                     if "error" in chunk:
-                        raise ClientError(f"the server reported: {chunk['error'].get('message')}")
+                        raise ClientError(say("server_reported", message=chunk["error"].get("message")))
                     if chunk.get("usage"):
                         reply.usage = Usage.from_dict(chunk["usage"])
                     for choice in chunk.get("choices") or []:
@@ -162,7 +163,7 @@ class Client:
                         if choice.get("finish_reason"):
                             reply.finish_reason = choice["finish_reason"]
         except httpx.HTTPError as e:
-            raise ClientError(f"lost the server at {self.url}: {e}") from e
+            raise ClientError(say("lost_server", url=self.url, error=e)) from e
         finally:
             reply.seconds = time.monotonic() - reply.started
         return reply
@@ -202,7 +203,7 @@ class LocalServer:
         except ConfigError as e:
             raise ClientError(str(e)) from e
         if not getattr(args, "quiet", False):
-            print(f"swallow-server: no server at {args.url}; loading {settings.model} in this process…",
+            print(f"swallow-server: {say('loading_here', url=args.url, model=settings.model)}",
                   file=sys.stderr, flush=True)
 
         from server.registry.setup import open_registry
@@ -227,7 +228,7 @@ class LocalServer:
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise ClientError("the in-process server did not start")
+                raise ClientError(say("not_started"))
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -253,7 +254,7 @@ class Connection:
             return self.client
         host = urlsplit(args.url).hostname or ""
         if args.model is None and host not in LOCAL_HOSTS:
-            raise ClientError(f"no server answers at {args.url} (give --model to load one in this process)")
+            raise ClientError(say("no_server", url=args.url))
         self.local = LocalServer(args)
         self.client = Client(self.local.url, self.local.api_key)
         return self.client

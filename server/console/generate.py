@@ -22,6 +22,7 @@ from server.console.client import (
     add_generation_arguments,
     request_body,
 )
+from server.console.messages import say
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,9 +44,9 @@ def load_json_schema(path: str) -> dict:
     try:
         document = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise ClientError(f"cannot read the JSON schema {path}: {e}") from e
+        raise ClientError(say("cannot_read_schema", path=path, error=e)) from e
     if not isinstance(document, dict):
-        raise ClientError(f"{path} is not a JSON schema (an object)")
+        raise ClientError(say("not_a_schema", path=path))
     if isinstance(document.get("schema"), dict):  # already OpenAI's json_schema object
         return {"name": "output", **document}
     name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)[:64] or "output"
@@ -59,12 +60,11 @@ def main(argv: list[str]) -> int:
         prompt = args.prompt
         if prompt is None:
             if sys.stdin.isatty():
-                print("swallow-server generate: give --prompt TEXT or the prompt on standard input",
-                      file=sys.stderr)
+                print(f"swallow-server generate: {say('give_a_prompt')}", file=sys.stderr)
                 return 2
             prompt = sys.stdin.read().rstrip("\r\n")  # `echo QUESTION |` adds a newline
         if not prompt.strip():
-            print("swallow-server generate: the prompt is empty", file=sys.stderr)
+            print(f"swallow-server generate: {say('empty_prompt')}", file=sys.stderr)
             return 2
         schema = load_json_schema(args.json_schema) if args.json_schema else None
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
         print(f"swallow-server generate: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nswallow-server generate: interrupted", file=sys.stderr)
+        print(f"\nswallow-server generate: {say('interrupted')}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -7,7 +7,7 @@ by token. The masking itself happens in the reply's logits processor (reasoning_
 which knows where in the harmony reply the model is: only the final answer (or a strict tool
 call's arguments) is constrained, the analysis channel stays free.
 
-Why llguidance (measured on this project's vocabulary, 201,088 tokens; see the README):
+Why llguidance (measured on this project's vocabulary, 201,088 tokens; see docs/structured-output.md):
 grammar compile in ~1-3 ms (no per-schema cache needed), ~0.1 ms per token mask on a CPU,
 no runtime dependencies, one abi3 wheel per platform on PyPI (macOS arm64 and Linux), JSON
 Schema keywords such as maxLength, minimum/maximum, enum, anyOf, pattern and format.

@@ -13,6 +13,76 @@ const store = {
   remove(key) { localStorage.removeItem("swallow." + key); },
 };
 
+// ---- language: the browser's (navigator.languages), Japanese or English ---------------------
+// Every label the page shows, in one table; index.html holds the English ones until this runs.
+
+const STRINGS = {
+  en: {
+    newChatButton: "＋ New chat", newChat: "New chat", conversations: "Conversations", delete: "Delete",
+    settings: "Settings", status: "Status", effort: "Reasoning effort",
+    effortLow: "low", effortMedium: "medium", effortHigh: "high",
+    temperature: "Temperature", serverDefault: "server default", systemPrompt: "System prompt", none: "(none)",
+    forgetKey: "Forget API key", inputPlaceholder: "Message (Enter sends, Shift+Enter adds a line)",
+    send: "Send", stop: "Stop", regenerate: "Regenerate",
+    serverStatus: "Server status", server: "Server", model: "Model", context: "Context", memory: "Memory",
+    running: "Running", queued: "Queued", promptCache: "Prompt cache", hitRate: "Cache hit rate",
+    tokensOut: "Tokens out", tokensPerSecond: "Tokens/s", chartLabel: "tokens per second, last minutes",
+    keyWanted: "This server wants an API key.", keyPlaceholder: "API key",
+    keyKept: "Kept in this browser's localStorage.", save: "Save",
+    copy: "Copy", copied: "Copied", thinkingNow: "Thinking…", thinking: "Thinking", thoughtFor: "Thought for {s} s",
+    stopped: "stopped", tokens: "{n} tokens", reasoningTokens: "{n} reasoning", cachedTokens: "{n} cached prompt",
+    tokensPerSecondValue: "{n} tokens/s", ttft: "TTFT {s} s", serverFailed: "The server failed.",
+    loading: " (loading)", contextTokens: "{n} tokens", weights: "weights {b}", mlx: "MLX {a} (peak {p})",
+    process: "process {b}", ofSlots: "of {n} slots", ofPlaces: "of {n} places",
+    cacheEntries: "{n} entries · {b} of {t}", hitRates: "{a} of turns · {b} of prompt tokens",
+    tokensTotal: "{c} (prompt {p})", now: "{n} now", chartRange: "max {m} · last {n} min",
+    noAnswer: "The server does not answer.",
+  },
+  ja: {
+    newChatButton: "＋ 新しいチャット", newChat: "新しいチャット", conversations: "会話", delete: "削除",
+    settings: "設定", status: "状態", effort: "推論の深さ",
+    effortLow: "低 (low)", effortMedium: "中 (medium)", effortHigh: "高 (high)",
+    temperature: "温度 (temperature)", serverDefault: "サーバーの既定値", systemPrompt: "システムプロンプト",
+    none: "（なし）", forgetKey: "API キーを消去", inputPlaceholder: "メッセージを入力（Enter で送信、Shift+Enter で改行）",
+    send: "送信", stop: "停止", regenerate: "再生成",
+    serverStatus: "サーバーの状態", server: "サーバー", model: "モデル", context: "コンテキスト", memory: "メモリ",
+    running: "実行中", queued: "待機中", promptCache: "プロンプトキャッシュ", hitRate: "キャッシュヒット率",
+    tokensOut: "生成トークン", tokensPerSecond: "トークン/秒", chartLabel: "直近数分のトークン/秒",
+    keyWanted: "このサーバーには API キーが必要です。", keyPlaceholder: "API キー",
+    keyKept: "このブラウザの localStorage に保存されます。", save: "保存",
+    copy: "コピー", copied: "コピーしました", thinkingNow: "考え中…", thinking: "思考", thoughtFor: "{s} 秒考えました",
+    stopped: "停止しました", tokens: "{n} トークン", reasoningTokens: "推論 {n}", cachedTokens: "キャッシュ済みプロンプト {n}",
+    tokensPerSecondValue: "{n} トークン/秒", ttft: "最初のトークンまで {s} 秒", serverFailed: "サーバーでエラーが起きました。",
+    loading: "（読み込み中）", contextTokens: "{n} トークン", weights: "重み {b}", mlx: "MLX {a}（ピーク {p}）",
+    process: "プロセス {b}", ofSlots: "{n} 枠中", ofPlaces: "{n} 席中",
+    cacheEntries: "{n} 件 · {b} / {t}", hitRates: "ターンの {a} · プロンプトトークンの {b}",
+    tokensTotal: "{c}（プロンプト {p}）", now: "現在 {n}", chartRange: "最大 {m} · 直近 {n} 分",
+    noAnswer: "サーバーが応答しません。",
+  },
+};
+
+function pickLanguage(tags) {
+  for (const tag of tags) {
+    const base = String(tag).toLowerCase().split("-")[0];
+    if (base in STRINGS) return base;
+  }
+  return "en";
+}
+const LANGUAGE = pickLanguage(navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language]);
+
+function t(key, values = {}) {
+  return STRINGS[LANGUAGE][key].replace(/\{(\w+)\}/g, (_, name) => values[name]);
+}
+
+function translatePage() {
+  document.documentElement.lang = LANGUAGE;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const el of document.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of document.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(el.dataset.i18nLabel));
+}
+translatePage();
+
+
 // ---- markdown, rendered safely -------------------------------------------------------------
 
 function escapeHtml(text) {
@@ -35,7 +105,7 @@ function renderMarkdown(element, text) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "copy";
-    button.textContent = "Copy";
+    button.textContent = t("copy");
     button.addEventListener("click", () => copyText(pre.querySelector("code")?.textContent ?? pre.textContent, button));
     pre.prepend(button);
   }
@@ -52,8 +122,8 @@ async function copyText(text, button) {
     document.execCommand("copy");
     area.remove();
   }
-  button.textContent = "Copied";
-  setTimeout(() => { button.textContent = "Copy"; }, 1200);
+  button.textContent = t("copied");
+  setTimeout(() => { button.textContent = t("copy"); }, 1200);
 }
 
 // ---- conversations -------------------------------------------------------------------------
@@ -63,7 +133,7 @@ let current = conversations.find((c) => c.id === store.get("current", null)) || 
 let generating = null;  // {controller, conversation, message, element}
 
 function newConversation() {
-  const conversation = { id: Date.now().toString(36) + Math.random().toString(36).slice(2, 6), title: "New chat", messages: [], updated: Date.now() };
+  const conversation = { id: Date.now().toString(36) + Math.random().toString(36).slice(2, 6), title: "", messages: [], updated: Date.now() };
   conversations.unshift(conversation);
   return conversation;
 }
@@ -90,12 +160,12 @@ function renderConversations() {
     item.dataset.id = conversation.id;
     const title = document.createElement("span");
     title.className = "title";
-    title.textContent = conversation.title;
+    title.textContent = conversation.title || t("newChat");
     title.addEventListener("click", () => select(conversation));
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "delete";
-    remove.title = "Delete";
+    remove.title = t("delete");
     remove.textContent = "×";
     remove.addEventListener("click", () => {
       if (generating && generating.conversation === conversation) stop();
@@ -150,10 +220,10 @@ function updateAssistant(element, message) {
   element.querySelector(".reasoning").textContent = message.reasoning || "";
   const summary = thinking.querySelector("summary");
   if (streaming && !message.content) {
-    summary.textContent = "Thinking…";
+    summary.textContent = t("thinkingNow");
     if (!thinking.dataset.folded) thinking.open = true;
   } else {
-    summary.textContent = message.thoughtSeconds != null ? `Thought for ${message.thoughtSeconds.toFixed(1)} s` : "Thinking";
+    summary.textContent = message.thoughtSeconds != null ? t("thoughtFor", { s: message.thoughtSeconds.toFixed(1) }) : t("thinking");
     if (!thinking.dataset.folded) { thinking.open = false; thinking.dataset.folded = "1"; }  // once: the reader may open it again
   }
   renderMarkdown(element.querySelector(".answer"), message.content || "");
@@ -166,14 +236,14 @@ function updateAssistant(element, message) {
     error.textContent = message.error;
     stats.append(error);
   }
-  if (message.state === "stopped") stats.append(span("stopped"));
+  if (message.state === "stopped") stats.append(span(t("stopped")));
   const s = message.stats;
   if (s) {
-    if (s.completion_tokens != null) stats.append(span(`${s.completion_tokens} tokens`, "tokens"));
-    if (s.reasoning_tokens != null) stats.append(span(`${s.reasoning_tokens} reasoning`, "reasoning-tokens"));
-    if (s.cached_tokens != null) stats.append(span(`${s.cached_tokens} cached prompt`, "cached-tokens"));
-    if (s.tokens_per_second != null) stats.append(span(`${s.tokens_per_second.toFixed(1)} tokens/s`, "tps"));
-    if (s.ttft != null) stats.append(span(`TTFT ${s.ttft.toFixed(2)} s`, "ttft"));
+    if (s.completion_tokens != null) stats.append(span(t("tokens", { n: s.completion_tokens }), "tokens"));
+    if (s.reasoning_tokens != null) stats.append(span(t("reasoningTokens", { n: s.reasoning_tokens }), "reasoning-tokens"));
+    if (s.cached_tokens != null) stats.append(span(t("cachedTokens", { n: s.cached_tokens }), "cached-tokens"));
+    if (s.tokens_per_second != null) stats.append(span(t("tokensPerSecondValue", { n: s.tokens_per_second.toFixed(1) }), "tps"));
+    if (s.ttft != null) stats.append(span(t("ttft", { s: s.ttft.toFixed(2) }), "ttft"));
   }
 }
 
@@ -308,7 +378,7 @@ async function generate() {
           const data = line.slice(5).trim();
           if (data === "[DONE]") continue;
           const chunk = JSON.parse(data);
-          if (chunk.error) throw new Error(chunk.error.message || "The server failed.");
+          if (chunk.error) throw new Error(chunk.error.message || t("serverFailed"));
           if (chunk.usage) usage = chunk.usage;
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
           if (!delta) continue;
@@ -351,7 +421,7 @@ function send() {
   if (!text.trim() || generating) return;
   if (!current) { current = newConversation(); }
   current.messages.push({ role: "user", content: text });
-  if (current.title === "New chat") current.title = text.trim().slice(0, 40);
+  if (!current.title || current.title === "New chat") current.title = text.trim().slice(0, 40);  // "New chat": kept by older pages
   $("input").value = "";
   save();
   renderConversations();
@@ -416,25 +486,25 @@ async function pollStatus() {
     const s = await response.json();
     $("status-error").hidden = true;
     $("model-name").textContent = s.model;
-    $("status-model").textContent = s.model + (s.loaded ? "" : " (loading)");
-    $("status-context").textContent = `${s.context_length.toLocaleString()} tokens`;
+    $("status-model").textContent = s.model + (s.loaded ? "" : t("loading"));
+    $("status-context").textContent = t("contextTokens", { n: s.context_length.toLocaleString() });
     const m = s.memory;
     const memory = [];
-    if (m.weights_bytes != null) memory.push(`weights ${bytes(m.weights_bytes)}`);
-    if (m.mlx_active_bytes) memory.push(`MLX ${bytes(m.mlx_active_bytes)} (peak ${bytes(m.mlx_peak_bytes)})`);
-    if (m.process_rss_bytes != null) memory.push(`process ${bytes(m.process_rss_bytes)}`);
+    if (m.weights_bytes != null) memory.push(t("weights", { b: bytes(m.weights_bytes) }));
+    if (m.mlx_active_bytes) memory.push(t("mlx", { a: bytes(m.mlx_active_bytes), p: bytes(m.mlx_peak_bytes) }));
+    if (m.process_rss_bytes != null) memory.push(t("process", { b: bytes(m.process_rss_bytes) }));
     $("status-memory").textContent = memory.join(" · ") || "–";
     $("status-running").textContent = `${s.requests.running}`;
-    $("status-running").title = `of ${s.requests.max_concurrency} slots`;
+    $("status-running").title = t("ofSlots", { n: s.requests.max_concurrency });
     $("status-queued").textContent = `${s.requests.queued}`;
-    $("status-queued").title = `of ${s.requests.max_queue} places`;
+    $("status-queued").title = t("ofPlaces", { n: s.requests.max_queue });
     const c = s.prompt_cache;
-    $("status-cache").textContent = `${c.entries} entries · ${bytes(c.bytes)} of ${bytes(c.budget_bytes)}`;
-    $("status-hit-rate").textContent = `${percent(c.hit_rate)} of turns · ${percent(c.token_hit_rate)} of prompt tokens`;
-    $("status-tokens").textContent = `${s.tokens.completion.toLocaleString()} (prompt ${s.tokens.prompt.toLocaleString()})`;
+    $("status-cache").textContent = t("cacheEntries", { n: c.entries, b: bytes(c.bytes), t: bytes(c.budget_bytes) });
+    $("status-hit-rate").textContent = t("hitRates", { a: percent(c.hit_rate), b: percent(c.token_hit_rate) });
+    $("status-tokens").textContent = t("tokensTotal", { c: s.tokens.completion.toLocaleString(), p: s.tokens.prompt.toLocaleString() });
     drawChart(s.tokens_per_second);
   } catch (error) {
-    $("status-error").textContent = "The server does not answer.";
+    $("status-error").textContent = t("noAnswer");
     $("status-error").hidden = false;
   }
 }
@@ -448,8 +518,8 @@ function drawChart(points) {
   $("tps-line").setAttribute("points", line);
   $("tps-area").setAttribute("points", xy.length ? `${xy[0][0].toFixed(1)},80 ${line} ${xy[xy.length - 1][0].toFixed(1)},80` : "");
   const last = points.length ? points[points.length - 1].tokens_per_second : 0;
-  $("status-tps").textContent = `${last.toFixed(1)} now`;
-  $("tps-max").textContent = `max ${max.toFixed(1)} · last ${Math.round(span / 60)} min`;
+  $("status-tps").textContent = t("now", { n: last.toFixed(1) });
+  $("tps-max").textContent = t("chartRange", { m: max.toFixed(1), n: Math.round(span / 60) });
 }
 
 // ---- start ---------------------------------------------------------------------------------
