@@ -71,7 +71,10 @@ class LocalSite:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a fetch past its time limit)
 
             def do_GET(self):
                 site.hosts.append(self.headers.get("Host", ""))
@@ -101,15 +104,14 @@ class LocalSite:
                     self.send(200, b"late", "text/plain")
                 elif parts.path == "/search":
                     self.search(query)
+                elif parts.path == "/nojson/search":  # an instance without `json` in search.formats
+                    self.send(403, b"Forbidden", "text/plain")
                 else:
                     self.send(404, b"<html><body>not found</body></html>", html)
 
             def search(self, query):
                 q = query.get("q", [""])[0]
                 site.searches.append(q)
-                if query.get("format") != ["json"]:
-                    self.send(403, b"Forbidden", "text/plain")
-                    return
                 results = [
                     {"url": site.url("/tokyo.html"), "title": "東京の天気", "content": "今日の東京は晴れです。"},
                     {"url": site.url("/en/guide.html"), "title": "A guide to Tokyo's parks",

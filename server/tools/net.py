@@ -110,7 +110,7 @@ class AddressPolicy:
         for address in addresses:
             reason = why_blocked(address)
             if reason and not any(ipaddress.ip_address(address) in net for net in self.networks):
-                shown = host if host == address else f"{host} ({address})"
+                shown = host if literal_address(host) == address else f"{host} ({address})"
                 raise Refused(f"{shown} is {reason}; the browser does not fetch it")
 
 
@@ -134,7 +134,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if url.scheme not in SCHEMES:
-            raise Refused(f"{url.scheme}: URLs are not fetched (only http and https)")
+            raise Refused(f"{url}: only http and https URLs are fetched")
         host = url.host
         literal = literal_address(host)
         addresses = [literal] if literal else await self.resolver(host, url.port or (443 if url.scheme == "https" else 80))
@@ -200,7 +200,7 @@ async def fetch(url: str, policy: AddressPolicy, limits: FetchLimits = FetchLimi
 async def _follow(client: httpx.AsyncClient, url: httpx.URL, limits: FetchLimits) -> Fetched:
     for _ in range(limits.max_redirects + 1):
         if url.scheme not in SCHEMES:
-            raise Refused(f"{url.scheme}: URLs are not fetched (only http and https)")
+            raise Refused(f"{url}: only http and https URLs are fetched")
         async with client.stream("GET", url) as response:
             location = response.headers.get("location")
             if response.status_code in REDIRECTS and location:

@@ -25,6 +25,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 
 
@@ -110,14 +111,24 @@ def run_cell(code: str, namespace: dict) -> None:
 
 
 def kill_others() -> None:
-    """Every process in this sandbox's PID namespace but its init (1) and this one."""
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, me):
-            try:
-                os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                pass
+    """Every process in this sandbox's PID namespace but its init and this one: kill(-1) signals
+    them all at once (forks wait meanwhile); then ours are reaped, and the rest (reaped by init)
+    waited for, up to a second, so the next call starts with the process count back down."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        return  # there were none
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except OSError:  # ChildProcessError: no child left
+            break
+    me = str(os.getpid())
+    for _ in range(100):
+        others = [p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", me)]
+        if not others:
+            return
+        time.sleep(0.01)
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ from server.tools.sandbox import Sandbox
 log = logging.getLogger("swallow.tools.python")
 
 RUNNER = (Path(__file__).parent / "runner.py").read_text()
-GRACE = 5.0  # seconds the code gets to stop after its time is up, before the sandbox is killed
 READ = 64 * 1024
 RESTARTED = "[The interpreter was restarted: variables from earlier calls are gone.]\n"
 
@@ -81,13 +80,15 @@ def namespace(description: str) -> ToolNamespaceConfig:
 
 class PythonTool:
     def __init__(self, sandbox: Sandbox, interpreter: Interpreter, limits: PythonLimits = PythonLimits(),
-                 work_dir: str | Path = "", idle_timeout: float = 600.0, max_interpreters: int = 8):
+                 work_dir: str | Path = "", idle_timeout: float = 600.0, max_interpreters: int = 8,
+                 grace: float = 5.0):
         self.sandbox = sandbox
         self.interpreter = interpreter
         self.limits = limits
         self.base = Path(work_dir or tempfile.gettempdir()) / f"swallow-python-{os.getuid()}"
         self.idle_timeout = idle_timeout
         self.max_interpreters = max_interpreters
+        self.grace = grace  # seconds the code gets to stop after its time is up, before the sandbox is killed
         self.sessions: dict[str, PythonSession] = {}
         self.expired: dict[str, None] = {}  # conversations whose interpreter was stopped for idleness (recent ones)
 
@@ -96,7 +97,10 @@ class PythonTool:
         """The truth about this interpreter, in the words of harmony's stock python description
         where they still hold (it promises a Jupyter notebook, 120 s and /mnt/data)."""
         limits = self.limits
-        where = f"`{self.sandbox.workdir_shown}`" if self.sandbox.workdir_shown else "its current working directory"
+        if self.sandbox.workdir_shown:
+            where = f"`{self.sandbox.workdir_shown}` (the current directory; /tmp is scratch space)"
+        else:
+            where = "the current directory"
         processes = ("Processes the code starts are stopped when the call ends." if self.sandbox.can_fork
                      else "The code cannot start other processes.")
         packages = (f" Installed packages include {', '.join(self.interpreter.packages)}."
@@ -110,7 +114,7 @@ class PythonTool:
             "and the value of the last expression is shown, as in a notebook (without notebook magics or rich "
             f"display). python will respond with the output of the execution or time out after "
             f"{limits.timeout:g} seconds. Only {where} can be written to; files saved there are kept while this "
-            f"conversation goes on and deleted after {self.idle_timeout / 60:g} minutes without a call. "
+            f"conversation goes on and deleted after {duration(self.idle_timeout)} without a call. "
             f"There is no internet access. Each process may use {limits.memory_mb} MB of memory. {processes} "
             f"Output beyond {limits.max_output_kb} KB is cut.{packages}"
         )
@@ -127,7 +131,7 @@ class PythonTool:
             if self.expired.pop(key, False) is None:  # it had one: say that its state is gone
                 session.calls = 1
                 session.restart_note = (f"[This conversation's interpreter was stopped after "
-                                        f"{self.idle_timeout / 60:g} minutes without a call: variables and files "
+                                        f"{duration(self.idle_timeout)} without a call: variables and files "
                                         "from earlier calls are gone.]\n")
         session.touch()
         return session
@@ -175,6 +179,8 @@ class PythonSession:
         self.calls = 0  # calls this interpreter has run (0: the next starts it)
         self.last_used = time.monotonic()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_task: asyncio.Task | None = None
+        self.reaping: asyncio.Task | None = None
         self.restart_note = RESTARTED
 
     def touch(self) -> None:
@@ -191,7 +197,7 @@ class PythonSession:
             finally:
                 self.touch()
                 loop = asyncio.get_running_loop()
-                self.idle_timer = loop.call_later(self.tool.idle_timeout, lambda: loop.create_task(self._idle()))
+                self.idle_timer = loop.call_later(self.tool.idle_timeout, self._start_idle_check, loop)
 
     async def _run(self, code: str) -> PythonResult:
         limits = self.tool.limits
@@ -203,7 +209,12 @@ class PythonSession:
             token = secrets.token_hex(16)
             self.process.stdin.write(json.dumps({"code": code, "token": token}).encode() + b"\n")
             await self.process.stdin.drain()
-            output, cut = await asyncio.wait_for(self._collect(token), limits.timeout + GRACE)
+            output, cut = await asyncio.wait_for(self._collect(token), limits.timeout + self.tool.grace)
+        except asyncio.CancelledError:  # the request went away mid-call: the code must not run on
+            process = self._kill()
+            if process is not None:
+                self.reaping = asyncio.get_running_loop().create_task(reap(process))
+            raise
         except TimeoutError:
             await self._stop()
             error = (f"the code ran past {limits.timeout:g} s and did not stop when interrupted; the interpreter "
@@ -316,17 +327,25 @@ class PythonSession:
                     pass
         return total
 
-    async def _stop(self, clear: bool = False) -> None:
+    def _kill(self) -> asyncio.subprocess.Process | None:
         process, self.process = self.process, None
         if process is not None and process.returncode is None:
             try:
                 os.killpg(process.pid, signal.SIGKILL)  # the sandbox's whole process group
             except ProcessLookupError:
                 pass
-            await process.wait()
+        return process
+
+    async def _stop(self, clear: bool = False) -> None:
+        process = self._kill()
+        if process is not None:
+            await reap(process)
         if clear and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+    def _start_idle_check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.idle_task = loop.create_task(self._idle())  # held: a task no one holds may be collected
 
     async def _idle(self) -> None:
         if not self.lock.locked() and time.monotonic() - self.last_used >= self.tool.idle_timeout - 0.5:
@@ -343,6 +362,25 @@ class PythonSession:
         await self._stop(clear=True)
         if self.tool.sessions.get(self.key) is self:
             del self.tool.sessions[self.key]
+
+
+async def reap(process: asyncio.subprocess.Process) -> None:
+    """Wait for a killed sandbox to be gone. asyncio's wait() returns only once every pipe is closed,
+    and a pipe we stopped reading (a flood) never gets there on its own: read it to its end."""
+    process.stdin.close()
+    try:
+        async with asyncio.timeout(10):
+            while await process.stdout.read(READ):
+                pass
+            await process.wait()
+    except TimeoutError:
+        log.warning("python: sandbox pid %d did not go away within 10 s of SIGKILL", process.pid)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:g} seconds"
+    return f"{seconds / 60:g} minutes" if seconds < 7200 else f"{seconds / 3600:g} hours"
 
 
 def describe_exit(code: int | None) -> str:

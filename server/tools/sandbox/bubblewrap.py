@@ -2,13 +2,15 @@
 
 What the code inside sees: a fresh root with /usr, /bin, /lib*, /sbin and /etc read-only, the
 interpreter's own directories read-only (a virtualenv, wherever it lives), a private /proc, a
-minimal /dev, an empty /tmp, and the conversation's working directory at /mnt/data, the only
-place it can write. No /home, /root, /run (no sockets of the host's), /sys or /var. New user,
-PID, network, IPC, UTS and cgroup namespaces: no network interface but its own loopback, no
-process of the host in sight, and the whole sandbox dies with its parent.
+minimal /dev, a /tmp of its own (in memory, `tmp_mb` at most, gone with the interpreter), and the
+conversation's working directory at /mnt/data, the only place on disk it can write. No /home,
+/root, /run (no sockets of the host's), /sys or /var. New user, PID, network, IPC, UTS and cgroup
+namespaces: no network interface but its own loopback, no process of the host in sight, and the
+whole sandbox dies with its parent.
 
 As root, bubblewrap is started as `nobody`: root is exempt from the process limit (RLIMIT_NPROC),
-and `nobody` has nothing to find on the host anyway.
+and `nobody` has nothing to find on the host anyway. The interpreter must then be where `nobody`
+can reach it (not under /root).
 """
 
 import os
@@ -36,8 +38,9 @@ class Bubblewrap:
     own_processes = True
     can_fork = True
 
-    def __init__(self, bwrap: str, readable: list[str] = (), disable_userns: bool = True):
+    def __init__(self, bwrap: str, readable: list[str] = (), disable_userns: bool = True, tmp_mb: int = 64):
         self.bwrap = bwrap
+        self.tmp_mb = tmp_mb  # /tmp is the sandbox's own, in memory: this size at most
         self.readable = [d for d in readable if not any(d == s or d.startswith(s + "/") for s in SYSTEM)]
         self.disable_userns = disable_userns
 
@@ -59,7 +62,7 @@ class Bubblewrap:
                 args += ["--ro-bind", path, path]
         for path in self.readable:
             args += ["--ro-bind", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
                  "--bind", str(workdir), WORKDIR, "--chdir", WORKDIR, "--", *argv]
         return args
 
