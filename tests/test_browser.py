@@ -13,9 +13,15 @@ import pytest
 from server.config import ConfigError, load_settings
 from server.tools import browser as browser_tool
 from server.tools.browser import Browser, Searxng, namespace
-from server.tools.browser.citations import CitationStream, cite
 from server.tools.browser.search import ddgs_results
-from server.tools.net import AddressPolicy, FetchError, FetchLimits, Refused, fetch, why_blocked
+from server.tools.net import (
+    AddressPolicy,
+    FetchError,
+    FetchLimits,
+    Refused,
+    fetch,
+    why_blocked,
+)
 from tests.web_site import LocalSite
 
 # A public-looking name that resolves to a private address, one that resolves to a public and a

@@ -17,8 +17,10 @@ resolves to).
 """
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -114,6 +116,12 @@ class AddressPolicy:
                 raise Refused(f"{shown} is {reason}; the browser does not fetch it")
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS settings (certifi's roots), built once: building them costs ~0.1 s."""
+    return httpx.create_ssl_context()
+
+
 def literal_address(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
@@ -129,7 +137,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self.resolver = resolver
         # No connection is reused: a pooled connection is keyed by the address, and two names on
         # one address must not share a TLS session opened for the other's name.
-        self.inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0), retries=0)
+        self.inner = httpx.AsyncHTTPTransport(verify=tls_context(), limits=httpx.Limits(max_keepalive_connections=0),
+                                              retries=0)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -173,10 +182,11 @@ USER_AGENT = "Mozilla/5.0 (compatible; swallow-server browser tool)"
 HEADERS = {"User-Agent": USER_AGENT, "Accept": "text/html,text/plain;q=0.9,*/*;q=0.5", "Accept-Encoding": "identity"}
 
 
-async def fetch(url: str, policy: AddressPolicy, limits: FetchLimits = FetchLimits(),
+async def fetch(url: str, policy: AddressPolicy, limits: FetchLimits | None = None,
                 resolver: Resolver = system_resolver) -> Fetched:
     """GET `url` through the guard, following up to `limits.max_redirects` redirects (each one
     checked like the first). Raises Refused or FetchError, with a message for the model."""
+    limits = limits or FetchLimits()
     transport = GuardedTransport(policy, resolver)
     # trust_env=False: no proxy from the environment (it would connect for us, unchecked)
     async with httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,

@@ -12,7 +12,12 @@ from server.config import Settings
 from server.tools.browser.citations import Citation, CitationStream, Cited, cite
 from server.tools.browser.page import Page, SearchResult
 from server.tools.browser.search import Ddgs, SearchBackend, SearchError, Searxng
-from server.tools.browser.session import Browser, BrowserReply, BrowserSession, namespace
+from server.tools.browser.session import (
+    Browser,
+    BrowserReply,
+    BrowserSession,
+    namespace,
+)
 from server.tools.net import AddressPolicy, FetchLimits
 
 log = logging.getLogger("swallow.tools.browser")

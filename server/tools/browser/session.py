@@ -19,7 +19,15 @@ from server.tools.browser import page as pages
 from server.tools.browser.citations import CitationStream, Cited, cite
 from server.tools.browser.page import Page, SearchResult
 from server.tools.browser.search import SearchBackend, SearchError
-from server.tools.net import AddressPolicy, FetchError, FetchLimits, Refused, Resolver, fetch, system_resolver
+from server.tools.net import (
+    AddressPolicy,
+    FetchError,
+    FetchLimits,
+    Refused,
+    Resolver,
+    fetch,
+    system_resolver,
+)
 
 log = logging.getLogger("swallow.tools.browser")
 
@@ -48,12 +56,11 @@ def namespace() -> ToolNamespaceConfig:
 
 
 class Browser:
-    def __init__(self, search: SearchBackend, policy: AddressPolicy = AddressPolicy(),
-                 limits: FetchLimits = FetchLimits(), max_results: int = 10, view_tokens: int = 1024,
-                 resolver: Resolver = system_resolver):
+    def __init__(self, search: SearchBackend, policy: AddressPolicy | None = None, limits: FetchLimits | None = None,
+                 max_results: int = 10, view_tokens: int = 1024, resolver: Resolver = system_resolver):
         self.search_backend = search
-        self.policy = policy
-        self.limits = limits
+        self.policy = policy or AddressPolicy()
+        self.limits = limits or FetchLimits()
         self.max_results = max_results
         self.view_tokens = view_tokens
         self.resolver = resolver

@@ -11,7 +11,13 @@ import sys
 
 from server.config import Settings
 from server.tools.python.interpreter import Interpreter, inspect
-from server.tools.python.session import PythonLimits, PythonResult, PythonSession, PythonTool, namespace
+from server.tools.python.session import (
+    PythonLimits,
+    PythonResult,
+    PythonSession,
+    PythonTool,
+    namespace,
+)
 from server.tools.sandbox import Sandbox, Unsandboxed, find_sandbox
 
 log = logging.getLogger("swallow.tools.python")

@@ -27,7 +27,8 @@ class Interpreter:
 def inspect(python: str) -> Interpreter:
     """OSError when `python` doesn't run."""
     try:
-        done = subprocess.run([python, "-E", "-s", "-c", FACTS], capture_output=True, text=True, timeout=60, env={})
+        done = subprocess.run([python, "-E", "-s", "-c", FACTS], capture_output=True, text=True, timeout=60, env={},
+                              check=False)
     except subprocess.TimeoutExpired as e:
         raise OSError(f"{python} did not answer within 60 s") from e
     if done.returncode != 0:

@@ -68,7 +68,8 @@ def probe(sandbox: Sandbox, python: str) -> str | None:
         sandbox.prepare(path)
         try:
             done = subprocess.run(sandbox.command([python, "-E", "-s", "-c", "print('ok')"], path),
-                                  capture_output=True, text=True, timeout=30, **sandbox.spawn_options(path))
+                                  capture_output=True, text=True, timeout=30, check=False,
+                                  **sandbox.spawn_options(path))
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"{sandbox.name} could not start: {e}"
         if done.returncode != 0 or done.stdout.strip() != "ok":
@@ -89,6 +90,10 @@ def find_sandbox(python: str, dirs: list[str]) -> tuple[Sandbox | None, str]:
         bwrap = Bubblewrap.find()
         if bwrap is None:
             return None, "bubblewrap is not installed (Debian/Ubuntu: apt install bubblewrap)"
+        hidden = Bubblewrap.unreachable(dirs)
+        if hidden:
+            return None, (f"the server runs as root, so bubblewrap runs as nobody, who can't reach {', '.join(hidden)}; "
+                          "set python_executable to an interpreter outside it (e.g. /usr/bin/python3)")
         sandbox = Bubblewrap(bwrap, dirs)
         why = probe(sandbox, python)
         if why and "disable-userns" in why:  # bubblewrap before 0.8: without that extra fence

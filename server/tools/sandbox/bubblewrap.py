@@ -72,8 +72,21 @@ class Bubblewrap:
             options.update(user=NOBODY, group=NOBODY, extra_groups=[])
         return options
 
+    @staticmethod
+    def unreachable(paths: list[str]) -> list[str]:
+        """The paths bubblewrap won't reach: under root it runs as nobody, who must be able to pass
+        through every directory above them (o+x); /root, where pyenv puts Pythons, is 0700."""
+        if os.geteuid() != 0:
+            return []
+        return [p for p in paths if not reachable_by_others(p)]
+
     def prepare(self, workdir: Path) -> None:
         """Make the working directory the sandbox's own (nobody's, when the server is root)."""
         if os.geteuid() == 0:
             os.chown(workdir, NOBODY, NOBODY)  # its parents must let nobody pass (o+x)
         os.chmod(workdir, 0o700)
+
+
+def reachable_by_others(path: str) -> bool:
+    parts = Path(path).parts
+    return all(os.stat(Path(*parts[:i])).st_mode & 0o001 for i in range(1, len(parts) + 1))
