@@ -7,8 +7,12 @@ and each reply's text is what the model would read."""
 import asyncio
 import json
 import re
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import trustme
 
 from server.config import ConfigError, load_settings
 from server.tools import browser as browser_tool
@@ -211,6 +215,50 @@ def test_the_guard_refuses_this_machine_and_private_networks(site):
     reply = run(allowed.call("open", {"id": site.url("/forecast.html", host="site.test")}))
     assert reply.error is None and resolver.calls == ["site.test"]
     assert site.hosts[-1] == f"site.test:{site.port}"
+
+
+def test_tls_to_the_pinned_address_still_checks_the_name(site):
+    """Over HTTPS the connection goes to the checked address while TLS (SNI, the certificate) keeps
+    the name: a certificate for site.test passes for site.test, and fails for another name that
+    resolves to the same address."""
+    ca = trustme.CA()
+    hosts, sni = [], []  # each request's Host header; each TLS handshake's server name
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            hosts.append(self.headers["Host"])
+            body = "<html><head><title>TLS</title></head><body><p>暗号化された本文です。</p></body></html>".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("site.test").configure_cert(server_context)
+    server_context.sni_callback = lambda sock, name, context: sni.append(name)  # None: go on
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    port = server.server_address[1]
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    NAMES["other.test"] = ["127.0.0.1"]
+    policy = AddressPolicy(("site.test", "other.test"))
+    try:
+        fetched = run(fetch(f"https://site.test:{port}/", policy, FetchLimits(timeout=5), resolver, client_context))
+        assert fetched.status == 200 and "暗号化された本文です。".encode() in fetched.body
+        assert hosts == [f"site.test:{port}"] and sni == ["site.test"]  # the name, not 127.0.0.1
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            run(fetch(f"https://other.test:{port}/", policy, FetchLimits(timeout=5), resolver, client_context))
+    finally:
+        del NAMES["other.test"]
+        server.shutdown()
+        server.server_close()
+    assert sni == ["site.test", "other.test"] and len(hosts) == 1  # the second never got past TLS
 
 
 def test_why_blocked_by_address():

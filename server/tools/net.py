@@ -132,13 +132,14 @@ def literal_address(host: str) -> str | None:
 class GuardedTransport(httpx.AsyncBaseTransport):
     """httpx's own transport, reached only through a checked, pinned address."""
 
-    def __init__(self, policy: AddressPolicy, resolver: Resolver = system_resolver):
+    def __init__(self, policy: AddressPolicy, resolver: Resolver = system_resolver,
+                 verify: ssl.SSLContext | None = None):
         self.policy = policy
         self.resolver = resolver
         # No connection is reused: a pooled connection is keyed by the address, and two names on
         # one address must not share a TLS session opened for the other's name.
-        self.inner = httpx.AsyncHTTPTransport(verify=tls_context(), limits=httpx.Limits(max_keepalive_connections=0),
-                                              retries=0)
+        self.inner = httpx.AsyncHTTPTransport(verify=verify or tls_context(), retries=0,
+                                              limits=httpx.Limits(max_keepalive_connections=0))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -183,11 +184,12 @@ HEADERS = {"User-Agent": USER_AGENT, "Accept": "text/html,text/plain;q=0.9,*/*;q
 
 
 async def fetch(url: str, policy: AddressPolicy, limits: FetchLimits | None = None,
-                resolver: Resolver = system_resolver) -> Fetched:
+                resolver: Resolver = system_resolver, verify: ssl.SSLContext | None = None) -> Fetched:
     """GET `url` through the guard, following up to `limits.max_redirects` redirects (each one
-    checked like the first). Raises Refused or FetchError, with a message for the model."""
+    checked like the first). Raises Refused or FetchError, with a message for the model.
+    `verify`: the TLS roots (a test's own CA); by default certifi's."""
     limits = limits or FetchLimits()
-    transport = GuardedTransport(policy, resolver)
+    transport = GuardedTransport(policy, resolver, verify)
     # trust_env=False: no proxy from the environment (it would connect for us, unchecked)
     async with httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
                                  headers=HEADERS,

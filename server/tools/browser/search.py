@@ -28,14 +28,13 @@ class SearchBackend(Protocol):
 class Searxng:
     name = "searxng"
 
-    def __init__(self, url: str, timeout: float = 15.0, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, url: str, timeout: float = 15.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.transport = transport
 
     async def search(self, query: str, count: int) -> list[SearchResult]:
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, transport=self.transport) as client:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
                 response = await client.get(f"{self.url}/search", params={"q": query, "format": "json"})
         except httpx.HTTPError as e:
             raise SearchError(f"the search service could not be reached ({e.__class__.__name__})") from e
@@ -74,6 +73,8 @@ class Ddgs:
             rows = await asyncio.to_thread(run)  # ddgs is synchronous
         except DDGSException as e:
             raise SearchError(f"the search failed: {e}") from e
+        except Exception as e:  # its HTTP client's own errors, whatever they are
+            raise SearchError(f"the search failed ({type(e).__name__})") from e
         return ddgs_results(rows)[:count]
 
 

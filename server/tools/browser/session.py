@@ -76,13 +76,20 @@ class Browser:
         if fetched.status >= 400:
             raise ToolError(f"Error fetching URL `{url}`: the server answered HTTP {fetched.status}")
         kind = fetched.content_type
-        if kind in HTML_TYPES or (not kind and fetched.body.lstrip()[:1] == b"<"):
-            page = await asyncio.to_thread(pages.from_html, fetched.body, fetched.url)
-        elif kind.startswith("text/") or kind in TEXT_TYPES or kind.endswith(("+json", "+xml")):
-            page = pages.from_text(fetched.body.decode(fetched.charset or "utf-8", errors="replace"), fetched.url)
-        else:
+        is_html = kind in HTML_TYPES or (not kind and fetched.body.lstrip()[:1] == b"<")
+        is_text = kind.startswith("text/") or kind in TEXT_TYPES or kind.endswith(("+json", "+xml"))
+        if not (is_html or is_text):
             raise ToolError(f"Error fetching URL `{url}`: it is {kind or 'of no stated type'}, and the browser "
                             "reads only HTML and text")
+        try:
+            if is_html:
+                page = await asyncio.to_thread(pages.from_html, fetched.body, fetched.url)
+            else:
+                text = fetched.body.decode(fetched.charset or "utf-8", errors="replace")
+                page = pages.from_text(text, fetched.url)
+        except Exception:  # a page the extractor chokes on (or an unknown charset) is the page's problem
+            log.exception("browser: could not read %s", fetched.url)
+            raise ToolError(f"Error reading URL `{url}`: the page could not be turned into text") from None
         if fetched.truncated:
             page.text += f"\n\n[The page is longer than {self.limits.max_bytes // 1024} KB; the rest was not read.]"
         return page
@@ -160,6 +167,7 @@ class BrowserSession:
             url = id.strip()
             if "://" not in url:
                 url = "https://" + url
+            action["url"] = url
             page = await self._fetch(url)
         else:
             current = self._page(cursor)
@@ -168,6 +176,7 @@ class BrowserSession:
             else:
                 if id not in current.links:
                     raise ToolError(f"Invalid link id `{id}`.")
+                action["url"] = current.links[id]
                 if current.kind == "find":  # a match: the searched page, at the match
                     page = current.source
                     if loc < 0:
@@ -175,7 +184,7 @@ class BrowserSession:
                 else:
                     page = self.fetched.get(current.links[id]) or await self._fetch(current.links[id])
         if page.url:
-            action["url"] = page.url
+            action["url"] = page.url  # where it landed, after redirects
         return BrowserReply(self._show(page, max(loc, 0), num_lines), action)
 
     async def find(self, pattern: str, cursor: int = -1, action: dict | None = None) -> BrowserReply:

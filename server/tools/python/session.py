@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -160,6 +161,9 @@ class PythonTool:
 
     def workdir(self) -> Path:
         self.base.mkdir(mode=0o711, parents=True, exist_ok=True)
+        found = os.lstat(self.base)
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():  # someone else's, in a shared /tmp
+            raise Stopped(f"{self.base} is not a directory of this server's user; python can't keep files there")
         os.chmod(self.base, 0o711)  # the sandbox's user (nobody, under root) passes through, can't list
         path = Path(tempfile.mkdtemp(prefix="conversation-", dir=self.base))
         self.sandbox.prepare(path)
