@@ -11,6 +11,8 @@ from server.api.chat import routes as chat
 from server.api.completions import routes as completions
 from server.api.messages import errors as messages_errors
 from server.api.messages import routes as messages
+from server.api.ollama import errors as ollama_errors
+from server.api.ollama import routes as ollama
 from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.api.tokenize import routes as tokenize
@@ -47,6 +49,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     admission = Admission(settings.max_concurrency or settings.max_batch_size, settings.max_queue)
     app.state.admission = admission
     app.add_middleware(HoldModels)  # innermost: a request's model is busy until its last byte is out
+    app.add_middleware(ollama.OllamaHTTP, port=settings.ollama_port)  # bodies read as Ollama reads them
     middleware.install(app, settings, admission)
     metrics.bind(admission, registry)
     app.include_router(metrics.router)
@@ -56,7 +59,9 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(tokenize.router)
     app.include_router(models_router)
+    app.include_router(ollama.router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
+    register_shape("/api", ollama_errors.SHAPE)  # Ollama's under /api
     app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)
 

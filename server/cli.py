@@ -26,6 +26,8 @@ def serve_parser() -> argparse.ArgumentParser:
                         f"(or a [[models]] alias of config.toml). Default: {DEFAULT_MODEL}")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--ollama-port", type=int, help="also listen on this port, for apps that only talk to "
+                        "Ollama's (11434) (default: none)")
     parser.add_argument("--config", help="TOML settings file (default: ./config.toml when present)")
     parser.add_argument("--trust-remote-code", action="store_true", default=None,
                         help="allow a model directory's own architecture file (config.json model_file)")
@@ -104,12 +106,18 @@ def serve(argv: list[str]) -> int:
         threading.Timer(ENGINE_DEATH_GRACE, lambda: setattr(server, "should_exit", True)).start()
 
     registry.on_death = engine_died
+    try:
+        sockets = listening_sockets(settings)
+    except OSError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        registry.stop()
+        return exit_now(1)
     # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets requests in flight finish for up to
     # shutdown_timeout seconds, then returns; it then re-raises the signal to the handlers it
     # found, so these no-op ones make that a clean exit 0 after engine.stop().
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    server.run(sockets=sockets)
     dead = registry.dead
     registry.stop()
     status = 0
@@ -119,6 +127,31 @@ def serve(argv: list[str]) -> int:
     else:
         log.info("engine stopped; exiting")
     return exit_now(status)
+
+
+def listening_sockets(settings) -> list | None:
+    """The sockets uvicorn serves: None (it binds `port` itself), or with `ollama_port` both ports,
+    one server and one app behind them (Ollama's API, like every other, answers on either)."""
+    if not settings.ollama_port:
+        return None
+    import socket
+
+    sockets = []
+    for port in (settings.port, settings.ollama_port):
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, port))
+        except OSError as e:
+            for opened in [*sockets, sock]:
+                opened.close()
+            hint = " (is Ollama itself running?)" if port == settings.ollama_port else ""
+            raise OSError(f"can't listen on {settings.host}:{port}: {e.strerror or e}{hint}") from e
+        sockets.append(sock)
+    logging.getLogger("swallow.server").info("listening on %s, ports %d and %d (Ollama's API)", settings.host,
+                                             settings.port, settings.ollama_port)
+    return sockets
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@
    exception that escapes the app becomes a 500 error object, or, once a stream has begun,
    an error event and `data: [DONE]` so the stream still ends cleanly.
 2. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
-   from any other origin gets 403 (CORS headers alone would let it run, unread).
-3. ApiKey (only with an api_key): /v1/* (and /metrics, with metrics_public = false) wants
+   (or Ollama's /api/*) from any other origin gets 403 (CORS headers alone would let it run, unread).
+3. ApiKey (only with an api_key): /v1/* and /api/* (and /metrics, with metrics_public = false) want
    `Authorization: Bearer <key>` or `x-api-key`, else 401.
 4. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string or JSON nested
    more than MAX_DEPTH levels gets 400; generating endpoints go through admission
@@ -35,12 +35,14 @@ from server.plumbing.errors import shaped_body, stream_error
 log = logging.getLogger("swallow.errors")
 access_log = logging.getLogger("swallow.access")
 
-GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages"}
+GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages", "/api/chat",
+              "/api/generate"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"}  # others: "other" in metrics
 UNDOCUMENTED = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/status.json",
                 "/web/{name}")  # routes outside /openapi.json
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")  # SSE; Ollama's NDJSON
 MAX_DEPTH = 64  # JSON nesting a request may have (harmony's renderer gives up near 128)
 
 
@@ -89,7 +91,8 @@ TOKENIZER_PATHS = {"/tokenize", "/detokenize"}  # outside /v1 (vLLM's and llama.
 
 
 def _is_api(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS
+    """The paths the API key and the origin check guard: /v1, the tokenizer's, Ollama's /api."""
+    return path in ("/v1", "/api") or path.startswith(("/v1/", "/api/")) or path in TOKENIZER_PATHS
 
 
 async def send_error(send, scope, status: int, message: str, *, type: str = "invalid_request_error",
@@ -135,7 +138,7 @@ class RequestLog:
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
                 status = message["status"]
-                stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+                stream = any(k.lower() == b"content-type" and v.startswith(STREAM_TYPES) for k, v in headers)
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
                 ended = not message.get("more_body", False)
@@ -183,7 +186,7 @@ class RequestLog:
 
 
 class OriginGuard:
-    """403 for browser requests to /v1/* from origins that may not call the API."""
+    """403 for browser requests to /v1/* and /api/* from origins that may not call the API."""
 
     def __init__(self, app, allowed: re.Pattern | None):
         self.app, self.allowed = app, allowed
@@ -199,7 +202,7 @@ class OriginGuard:
 
 
 class ApiKey:
-    """/v1/* wants the key, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
+    """/v1/* and /api/* want the key, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
     (Anthropic's); so does /metrics when `metrics` is true."""
 
     def __init__(self, app, key: str, metrics: bool = False):
