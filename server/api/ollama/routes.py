@@ -6,8 +6,8 @@ against this server unchanged.
                                        or prompt load the model (done_reason "load"), with
                                        keep_alive 0 unload it ("unload")
 - GET  /api/tags, POST /api/show, GET /api/ps, GET /api/version, HEAD /
-- POST /api/pull, DELETE /api/delete   not available on this server yet: a 501
-- /api/embed, /api/embeddings, /api/create, /api/push, /api/copy, /api/blobs: a 501 that says why
+- POST /api/pull, DELETE /api/delete   not available on this server yet: a 400 that says so
+- /api/embed, /api/embeddings, /api/create, /api/push, /api/copy, /api/blobs: a 400 that says why
 
 Errors under /api are Ollama's shape, `{"error": "..."}` (errors.py, registered by the app). With
 the `ollama_port` setting the server also listens on Ollama's port, where `/` answers as Ollama's
@@ -61,7 +61,8 @@ RUNNING = "Ollama is running"
 NDJSON = "application/x-ndjson"
 STREAMED = {200: {"description": "NDJSON chunks, the last with done: true (stream: false: one object)",
                   "content": {NDJSON: {"schema": {"type": "object"}}}}}
-NOT_HERE = {501: {"description": "Not something this server does"}}
+# What this server doesn't do is a 400 like any request it can't serve (a 5xx would say it failed)
+NOT_HERE = {400: {"description": "Not something this server does"}}
 
 
 def model_name(request: Request, name: str | None) -> str | None:
@@ -200,16 +201,16 @@ async def root_head():
 
 @router.post("/api/pull", responses=NOT_HERE)
 async def pull(body: PullRequest):
-    raise APIError(501, f"pulling models through the API is not available on this server yet: download "
+    raise APIError(400, f"pulling models through the API is not available on this server yet: download "
                    f"{body.wanted!r} with `huggingface-cli download` (or start the server with --model) instead",
-                   type="server_error", code="not_implemented")
+                   code="not_supported")
 
 
 @router.delete("/api/delete", responses=NOT_HERE)
 async def delete(body: ShowRequest):
-    raise APIError(501, f"deleting models through the API is not available on this server yet: remove "
+    raise APIError(400, f"deleting models through the API is not available on this server yet: remove "
                    f"{body.wanted!r} from the Hugging Face cache with `huggingface-cli delete-cache` instead",
-                   type="server_error", code="not_implemented")
+                   code="not_supported")
 
 
 UNSUPPORTED = {
@@ -223,7 +224,7 @@ UNSUPPORTED = {
 
 def _refuse(message: str):
     async def refuse():
-        raise APIError(501, message, type="server_error", code="not_implemented")
+        raise invalid_request(message, code="not_supported")
 
     return refuse
 
