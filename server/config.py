@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 log = logging.getLogger("swallow.config")
 
@@ -145,12 +145,12 @@ class Settings(BaseModel):
         keep_alive_seconds(value)  # ValueError: not a duration
         return value
 
-    @model_validator(mode="after")
-    def _two_ports(self):
-        if self.ollama_port and self.ollama_port == self.port:
-            raise ValueError(f"ollama_port {self.ollama_port} is the server's port too; give another one "
-                             "(Ollama's is 11434), or 0 for none")
-        return self
+    @field_validator("ollama_port")
+    @classmethod
+    def _two_ports(cls, value: int, info: ValidationInfo) -> int:
+        if value and value == info.data.get("port"):
+            raise ValueError(f"{value} is the server's port too; give another one (Ollama's is 11434), or 0 for none")
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -147,3 +147,14 @@ def test_gpt_oss_20b_details_as_ollama_gives_them():
     assert quantization({"quantization_config": {"quant_method": "mxfp4"}}) == "MXFP4"
     assert quantization({"torch_dtype": "bfloat16"}) == "BF16"
     assert details({"model_type": "scripted"})["parameter_size"] == ""
+
+
+def test_the_ollama_port_is_a_second_port_or_none():
+    from server.cli import serve_parser
+    from server.config import load_settings
+
+    args = vars(serve_parser().parse_args(["--ollama-port", "11434"]))
+    assert load_settings(None, {k: v for k, v in args.items() if k not in ("config", "models_given")}).ollama_port == 11434
+    assert Settings().ollama_port == 0  # off unless asked for
+    with pytest.raises(ValidationError, match="the server's port too"):
+        Settings(port=11434, ollama_port=11434)
