@@ -1,4 +1,4 @@
-"""The `swallow-server` command: serve (the default), convert, models, generate, chat."""
+"""The `swallow-server` command: serve (the default), convert, models, pull, ls, ps, rm, generate, chat."""
 
 import argparse
 import logging
@@ -11,14 +11,15 @@ from server.config import DEFAULT_MODEL, ConfigError, load_settings
 from server.plumbing.exit import exit_now
 
 ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
-SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
+SUBCOMMANDS = ("serve", "convert", "models", "pull", "ls", "ps", "rm", "generate", "chat")
+MODEL_COMMANDS = ("pull", "ls", "ps", "rm")  # server/registry/model_commands.py
 
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swallow-server",
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
-        "Subcommands: serve (default), convert, models, generate, chat.",
+        "Subcommands: serve (default), convert, models, pull, ls, ps, rm, generate, chat.",
     )
     parser.add_argument("--model", action="append", dest="models_given", metavar="[ALIAS=]MODEL",
                         help=f"local MLX model directory, Hugging Face repo id, or 'demo' (a tiny random model, "
@@ -74,7 +75,8 @@ def serve(argv: list[str]) -> int:
         from server.distributed.follower import serve_follower
 
         try:
-            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size)
+            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size,
+                                       kv_memory_mb=settings.kv_memory_mb)
         except ModelError as e:
             print(f"swallow-server: {e}", file=sys.stderr)
             return exit_now(1)
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.registry import command as models_command
 
         return models_command.main(rest)
+    if command in MODEL_COMMANDS:
+        from server.registry import model_commands
+
+        return model_commands.main(command, rest)
     if command == "generate":
         from server.console import generate
 
