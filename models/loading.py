@@ -57,8 +57,16 @@ def _download(repo_id: str) -> Path:
     error: bars on a terminal, log lines otherwise) when it isn't complete there. Files already
     cached are checked by size, new ones by hash too (models/download.py). When the Hub can't be
     reached, a complete cached copy is used as it is."""
+    from huggingface_hub import constants
+
     from . import download, progress
 
+    if constants.HF_HUB_OFFLINE:  # asked not to ask the Hub
+        cached = download.cached_snapshot(repo_id)
+        if cached is None:
+            raise ModelError(f"'{repo_id}' is not (completely) in the local Hugging Face cache, and HF_HUB_OFFLINE "
+                             f"is set. {_USAGE_HINT}")
+        return cached
     try:
         with progress.shown(write=logger.info) as show:
             return download.pull(repo_id, on_event=show, verify_all=False)

@@ -8,13 +8,13 @@ It speaks what huggingface_hub (2.x, read from its source) uses to pull a model:
                                              file answers 302 to a CDN address on another origin, with
                                              X-Linked-Etag (its sha256) and X-Linked-Size
 - GET  /{repo}/resolve/{rev}/{file}          the bytes (small files), or the same 302 (LFS)
-- GET  /cdn/{sha256}                         an LFS file's bytes; `Range: bytes=N-` gets 206 + Content-Range
+- GET  /cdn/{repo}/{sha256}                  an LFS file's bytes; `Range: bytes=N-` gets 206 + Content-Range
 Unknown repos, revisions and files are 404s with the X-Error-Code huggingface_hub reads
 (RepoNotFound, RevisionNotFound, EntryNotFound).
 
-Faults a test can ask for, per file name: `drop` (close the connection half-way, the next time
-only), `stall` (stop half-way until `release()`), `corrupt` (serve its bytes with one flipped, every
-time). Every request is logged in `requests` as (method, path, Range header).
+Faults a test can ask for, per "repo/file": `drop` (close the connection half-way, the next time
+only), `stall` (stop half-way until `release()`: once per hub), `corrupt` (serve its bytes with one
+flipped, every time). Every request is logged in `requests` as (method, path, Range header).
 """
 
 import hashlib
@@ -31,6 +31,7 @@ LFS = (".safetensors", "tokenizer.json")  # what the Hub's repos keep in LFS (.g
 
 @dataclass
 class HubFile:
+    repo_id: str
     name: str
     data: bytes
     sha256: str = ""
@@ -43,6 +44,14 @@ class HubFile:
     @property
     def lfs(self) -> bool:
         return self.name.endswith(LFS)
+
+    @property
+    def key(self) -> str:
+        return f"{self.repo_id}/{self.name}"
+
+    @property
+    def cdn_path(self) -> str:
+        return f"/cdn/{self.repo_id}/{self.sha256}"
 
 
 @dataclass
@@ -80,15 +89,21 @@ class FakeHub:
             threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def add_repo(self, repo_id: str, directory: Path) -> HubRepo:
-        files = {p.name: HubFile(p.name, p.read_bytes()) for p in sorted(Path(directory).iterdir()) if p.is_file()}
+        files = {p.name: HubFile(repo_id, p.name, p.read_bytes())
+                 for p in sorted(Path(directory).iterdir()) if p.is_file()}
         repo = self.repos[repo_id] = HubRepo(repo_id, files)
         return repo
 
-    def gets(self, name: str) -> list[str | None]:
-        """The Range headers of the GETs of file `name`'s bytes, in order (None: the whole file)."""
-        paths = {f"/cdn/{f.sha256}" for r in self.repos.values() for f in r.files.values() if f.name == name}
-        paths |= {f"/{r.repo_id}/resolve/{r.commit}/{name}" for r in self.repos.values()}
+    def gets(self, repo_id: str, name: str) -> list[str | None]:
+        """The Range headers of the GETs of a file's bytes, in order (None: the whole file)."""
+        repo = self.repos[repo_id]
+        paths = {repo.files[name].cdn_path, f"/{repo_id}/resolve/{repo.commit}/{name}"}
         return [rng for method, path, rng in self.requests if method == "GET" and path in paths]
+
+    def reset(self) -> None:
+        """Forget the requests and faults so far (between tests)."""
+        self.requests.clear()
+        self.faults = Faults()
 
     def release(self) -> None:
         self.released.set()
@@ -123,8 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/api/models/"):
             return self._model_info(path.removeprefix("/api/models/"))
         if path.startswith("/cdn/"):
-            found = next((f for r in self.hub.repos.values() for f in r.files.values()
-                          if f.sha256 == path.removeprefix("/cdn/")), None)
+            found = next((f for r in self.hub.repos.values() for f in r.files.values() if f.cdn_path == path), None)
             return self._bytes(found, body) if found else self._error(404, "EntryNotFound")
         repo_id, sep, rest = path.lstrip("/").partition("/resolve/")
         revision, _, name = rest.partition("/")
@@ -138,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", commit=repo.commit)
         if found.lfs:
             self.send_response(302)
-            self.send_header("Location", f"{self.hub.cdn_url}/cdn/{found.sha256}")
+            self.send_header("Location", f"{self.hub.cdn_url}{found.cdn_path}")
             self.send_header("X-Linked-Etag", f'"{found.sha256}"')
             self.send_header("X-Linked-Size", str(len(found.data)))
             self.send_header("ETag", f'"{found.blob_id}"')
@@ -169,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _bytes(self, found: HubFile, body: bool, commit: str | None = None) -> None:
         data = found.data
-        if found.name in self.hub.faults.corrupt:
+        if found.key in self.hub.faults.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         start = 0
         requested = self.headers.get("Range", "")
@@ -189,15 +203,18 @@ class _Handler(BaseHTTPRequestHandler):
         rest = data[start:]
         half = len(rest) // 2
         for fault in ("drop", "stall"):
-            if found.name in getattr(self.hub.faults, fault):
-                getattr(self.hub.faults, fault).discard(found.name)  # the next time it is served whole
+            if found.key in getattr(self.hub.faults, fault):
+                getattr(self.hub.faults, fault).discard(found.key)  # the next time it is served whole
                 self.wfile.write(rest[:half])
                 self.wfile.flush()
                 if fault == "stall":
                     self.hub.stalled.set()
                     self.hub.released.wait(60)
                 self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)  # the client sees the body cut short
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)  # the client sees the body cut short
+                except OSError:  # it has gone already (a stalled pull that was interrupted)
+                    pass
                 return
         self.wfile.write(rest)
 

@@ -46,7 +46,9 @@ class Listed:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(self.spec, "config.json")
+            from models.catalog import resolve
+
+            found = try_to_load_from_cache(resolve(self.spec), "config.json")  # "swallow:8bit": its repo
         except Exception:  # not a repo id, or an unreadable cache
             return None
         return Path(found).parent if isinstance(found, str) else None
