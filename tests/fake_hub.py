@@ -14,13 +14,14 @@ Unknown repos, revisions and files are 404s with the X-Error-Code huggingface_hu
 
 Faults a test can ask for, per "repo/file": `drop` (close the connection half-way, the next time
 only), `stall` (stop half-way until `release()`: once per hub), `corrupt` (serve its bytes with one
-flipped, every time). Every request is logged in `requests` as (method, path, Range header).
+flipped, every time), `slow` (1 MB every 20 ms). Every request is logged in `requests` as (method, path, Range header).
 """
 
 import hashlib
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,6 +71,7 @@ class Faults:
     drop: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
+    slow: set[str] = field(default_factory=set)
 
 
 class FakeHub:
@@ -216,6 +218,11 @@ class _Handler(BaseHTTPRequestHandler):
                 except OSError:  # it has gone already (a stalled pull that was interrupted)
                     pass
                 return
+        if found.key in self.hub.faults.slow:
+            for at in range(0, len(rest), 2**20):
+                self.wfile.write(rest[at:at + 2**20])
+                time.sleep(0.02)
+            return
         self.wfile.write(rest)
 
     def _error(self, status: int, code: str, commit: str | None = None) -> None:

@@ -148,6 +148,34 @@ def test_interrupted_pull_keeps_finished_files_and_ls_rm(hub, demo_files, tmp_pa
     assert not (tmp_path / "hub" / f"models--{REPO.replace('/', '--')}").exists()
 
 
+CANCEL = """
+import json, sys, threading
+from models.download import pull_events
+events = pull_events(sys.argv[1])
+for event in events:
+    if event.file == "model.safetensors" and event.completed:
+        break
+events.close()  # what a streamed answer does when its client goes away
+pulls = [t for t in threading.enumerate() if t.name.startswith("pull ")]
+for t in pulls:
+    t.join(30)
+print(json.dumps({"stopped": not any(t.is_alive() for t in pulls), "at": event.completed}))
+"""
+
+
+def test_closing_pull_events_stops_the_download(hub, tmp_path):
+    hub.faults.slow.add(f"{REPO}/{WEIGHTS}")
+    done = subprocess.run([sys.executable, "-c", CANCEL, REPO], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **hub.env(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    repo = tmp_path / "hub" / f"models--{REPO.replace('/', '--')}"
+    weights = hub.repos[REPO].files[WEIGHTS]
+    stopped = json.loads(done.stdout)
+    assert stopped["stopped"] and 0 < stopped["at"] < len(weights.data)
+    assert not [p for p in (repo / "blobs").iterdir() if p.name.startswith(weights.sha256)]  # nothing partial kept
+    assert (repo / "blobs" / hub.repos[REPO].files["tokenizer.json"].sha256).is_file()  # the files before it are
+
+
 def test_corrupt_download_is_reported_and_not_kept(hub, tmp_path):
     hub.faults.corrupt.add(f"{CORRUPT}/{WEIGHTS}")  # the Hub's CDN sends bytes that don't match its sha256
     done = cli("pull", CORRUPT, env=hub.env(tmp_path))
