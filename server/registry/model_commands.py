@@ -89,6 +89,9 @@ def _config(path) -> dict:
 # ---- ls -------------------------------------------------------------------------------------
 
 def _format(model: hub_cache.CachedModel) -> str:
+    quant = model.config.get("quantization")
+    if isinstance(quant, dict) and quant.get("mode") not in (None, "affine"):
+        return str(quant["mode"])  # mlx-lm's mxfp4, nvfp4, ...
     if model.quantization_bits:
         return f"{model.quantization_bits}-bit"
     quant = model.config.get("quantization_config")
