@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Self
 
 from .download import PullEvent
 
@@ -49,7 +50,7 @@ class TerminalProgress:
                              TransferSpeedColumn(), TimeRemainingColumn(), console=console)
         self.tasks: dict[str, int] = {}
 
-    def __enter__(self) -> TerminalProgress:
+    def __enter__(self) -> Self:
         self.bars.start()
         return self
 

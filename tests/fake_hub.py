@@ -13,7 +13,7 @@ Unknown repos, revisions and files are 404s with the X-Error-Code huggingface_hu
 (RepoNotFound, RevisionNotFound, EntryNotFound).
 
 Faults a test can ask for, per "repo/file": `drop` (close the connection half-way, the next time
-only), `stall` (stop half-way until `release()`: once per hub), `corrupt` (serve its bytes with one
+only), `stall` (stop half-way until `release()`), `corrupt` (serve its bytes with one
 flipped, every time), `slow` (1 MB every 20 ms). Every request is logged in `requests` as (method, path, Range header).
 """
 
@@ -106,6 +106,8 @@ class FakeHub:
         """Forget the requests and faults so far (between tests)."""
         self.requests.clear()
         self.faults = Faults()
+        self.stalled.clear()
+        self.released.clear()
 
     def release(self) -> None:
         self.released.set()
