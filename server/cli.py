@@ -89,6 +89,10 @@ def serve(argv: list[str]) -> int:
     except (ModelError, ConfigError) as e:
         print(f"swallow-server: {e}", file=sys.stderr)
         return exit_now(1)
+    except KeyboardInterrupt:  # Ctrl-C during the first start's download (or the load)
+        print("swallow-server: interrupted. Files already downloaded are kept in the Hugging Face cache; "
+              "the next start (or `swallow-server pull MODEL`) downloads the rest.", file=sys.stderr)
+        return exit_now(130)
 
     import uvicorn
 
