@@ -56,6 +56,9 @@ def serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("swallow.server")
+    if settings.log_level != "debug":  # a line per request huggingface_hub makes, among the download's progress
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     from server.blas import blas_in_use, preload_openblas
 
