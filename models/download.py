@@ -114,7 +114,8 @@ class PullCancelled(Exception):
     """Raised inside a download when the consumer of `pull_events` has gone."""
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """Bytes as people read them: 17.2 GB, 103.8 MB, 98 B (decimal units, as the Hub shows sizes)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -179,9 +180,9 @@ def check_disk_space(manifest: Manifest, missing: list[RemoteFile], where: Path 
     free = shutil.disk_usage(existing).free
     if needed > free:
         raise DiskFullError(
-            f"Not enough disk space for '{manifest.repo_id}': it needs {_size(needed)} more "
-            f"({len(missing)} of its {len(manifest.files)} files, {_size(manifest.total_bytes)} in all), but "
-            f"{where} has only {_size(free)} free. Free some space (`swallow-server rm MODEL` deletes a "
+            f"Not enough disk space for '{manifest.repo_id}': it needs {format_size(needed)} more "
+            f"({len(missing)} of its {len(manifest.files)} files, {format_size(manifest.total_bytes)} in all), but "
+            f"{where} has only {format_size(free)} free. Free some space (`swallow-server rm MODEL` deletes a "
             "downloaded model), or point HF_HOME (or HF_HUB_CACHE) at a disk with more room.",
             needed, free)
 
@@ -270,7 +271,7 @@ def _download(manifest: Manifest, remote: RemoteFile, emit, cancelled) -> Path:
         if e.errno == errno.ENOSPC:
             free = shutil.disk_usage(hub_cache()).free
             raise DiskFullError(f"The disk filled up while downloading {remote.name} of '{manifest.repo_id}' "
-                                f"({_size(free)} free now). Free some space and pull again.", remote.size or 0, free) from e
+                                f"({format_size(free)} free now). Free some space and pull again.", remote.size or 0, free) from e
         raise
     except (ModelError, PullCancelled):
         raise

@@ -155,17 +155,13 @@ def kv_cache_cost(config: dict) -> tuple[int, int]:
     return per_layer * (len(kinds) - sliding), per_layer * sliding * int(config.get("sliding_window") or 0)
 
 
-def _size(n: int) -> str:
-    from .download import _size as size
-
-    return size(n)
-
-
 def check_memory(model_dir: Path, shards: int = 1, kv_memory_mb: int = 0) -> None:
     """ModelError, with the numbers, when the model's weights and the least KV cache it can serve
     with don't fit in the memory a model may use here (`shards`: processes splitting the model,
     each holding about 1/shards of it). That least cache is kv_memory_mb when it is set (the
     engine reserves that much), else one request of MIN_KV_TOKENS tokens."""
+    from .download import format_size as _size
+
     model_dir = Path(model_dir)
     config = _config_of(model_dir)
     shards = max(1, shards)

@@ -8,15 +8,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Self
 
-from .download import PullEvent
+from .download import PullEvent, format_size
 
 LINE_EVERY_S = 10.0  # seconds between a file's progress lines when no terminal draws bars
 
 
 def _size(n: int | None) -> str:
-    from .download import _size as size
-
-    return "unknown size" if n is None else size(n)
+    return "unknown size" if n is None else format_size(n)
 
 
 def _short(digest: str | None) -> str:

@@ -228,7 +228,7 @@ def test_check_memory(tmp_path):
 
 
 def test_check_memory_counts_the_least_kv_cache_and_says_the_numbers(tmp_path):
-    from models.download import _size
+    from models.download import format_size as _size
     from models.loading import has_gpu, kv_cache_cost
 
     # gpt-oss-20b's attention: 12 full-attention layers and 12 with a 128-token window, 8 KV heads of 64

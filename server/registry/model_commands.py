@@ -27,7 +27,7 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def _size(n: int | None) -> str:
-    return "-" if n is None else download._size(n)
+    return "-" if n is None else download.format_size(n)
 
 
 def _table(header: tuple, rows: list[tuple]) -> None:
