@@ -1,5 +1,6 @@
 """The FastAPI application: routes, error handlers and shared state."""
 
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -91,7 +92,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
 def _model_health(registry: Registry, slot: Slot) -> dict:
     body = {"loaded": slot.state is not None, "loading": slot.loading is not None,
             "default": slot is registry.default, "requests": slot.leases, "waiting_for_load": slot.waiting,
-            "keep_alive_s": slot.keep_alive, "loads": slot.loads, "load_seconds": slot.load_seconds}
+            "keep_alive_s": slot.keep_alive, "loads": slot.loads, "load_seconds": slot.load_seconds,
+            "idle_s": None if slot.busy else round(time.monotonic() - slot.last_used, 1)}
     if slot.state is not None:
         engine = slot.state.engine
         body |= {"running": engine.running, "waiting": engine.waiting, "weights_bytes": slot.weights_bytes,

@@ -1,4 +1,4 @@
-"""The `swallow-server` command: serve (the default), convert, models, generate, chat."""
+"""The `swallow-server` command: serve (the default), convert, models, pull, ls, ps, rm, generate, chat."""
 
 import argparse
 import logging
@@ -11,14 +11,15 @@ from server.config import DEFAULT_MODEL, ConfigError, load_settings
 from server.plumbing.exit import exit_now
 
 ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
-SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
+SUBCOMMANDS = ("serve", "convert", "models", "pull", "ls", "ps", "rm", "generate", "chat")
+MODEL_COMMANDS = ("pull", "ls", "ps", "rm")  # server/registry/model_commands.py
 
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swallow-server",
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
-        "Subcommands: serve (default), convert, models, generate, chat.",
+        "Subcommands: serve (default), convert, models, pull, ls, ps, rm, generate, chat.",
     )
     parser.add_argument("--model", action="append", dest="models_given", metavar="[ALIAS=]MODEL",
                         help=f"local MLX model directory, Hugging Face repo id, or 'demo' (a tiny random model, "
@@ -57,6 +58,9 @@ def serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("swallow.server")
+    if settings.log_level != "debug":  # a line per request huggingface_hub makes, among the download's progress
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     from server.blas import blas_in_use, preload_openblas
 
@@ -76,7 +80,8 @@ def serve(argv: list[str]) -> int:
         from server.distributed.follower import serve_follower
 
         try:
-            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size)
+            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size,
+                                       kv_memory_mb=settings.kv_memory_mb)
         except ModelError as e:
             print(f"swallow-server: {e}", file=sys.stderr)
             return exit_now(1)
@@ -89,6 +94,10 @@ def serve(argv: list[str]) -> int:
     except (ModelError, ConfigError) as e:
         print(f"swallow-server: {e}", file=sys.stderr)
         return exit_now(1)
+    except KeyboardInterrupt:  # Ctrl-C during the first start's download (or the load)
+        print("swallow-server: interrupted. Files already downloaded are kept in the Hugging Face cache; "
+              "the next start (or `swallow-server pull MODEL`) downloads the rest.", file=sys.stderr)
+        return exit_now(130)
 
     import uvicorn
 
@@ -166,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.registry import command as models_command
 
         return models_command.main(rest)
+    if command in MODEL_COMMANDS:
+        from server.registry import model_commands
+
+        return model_commands.main(command, rest)
     if command == "generate":
         from server.console import generate
 

@@ -244,7 +244,7 @@ class Registry:
 
         settings = slot.listed.settings
         return prepare_model(slot.listed.spec, trust_remote_code=settings.trust_remote_code,
-                             shards=self.world.size if self.world else 1)
+                             shards=self.world.size if self.world else 1, kv_memory_mb=settings.kv_memory_mb)
 
     def _start_engine(self, slot: Slot, path) -> ServerState:
         from server.engine.engine import Engine
