@@ -10,7 +10,7 @@ import pytest
 from openai_harmony import Role
 from pydantic import ValidationError
 
-from server.api.ollama.models import details, parameter_count, quantization
+from server.api.ollama.cards import details, parameter_count, quantization
 from server.api.ollama.prompt import UNLIMITED, translate_chat, translate_generate
 from server.api.ollama.schema import ChatRequest, GenerateRequest
 from server.config import Settings

@@ -224,3 +224,44 @@ def test_first_start_downloads_with_progress_then_serves_and_ps_shows_it(hub, st
     assert httpx.get(f"{server.url}/health").json()["models"][REPO]["idle_s"] >= 0
     nobody = cli("ps", "--url", "http://127.0.0.1:9", env={})
     assert nobody.returncode == 1 and "no swallow-server answers at http://127.0.0.1:9" in nobody.stderr
+
+
+def test_ollamas_pull_streams_progress_and_delete_removes_the_model(hub, start_server, tmp_path):
+    """Ollama's POST /api/pull and DELETE /api/delete through the `ollama` library: the same
+    download, its steps as Ollama's progress lines, then the model listed, served and deleted."""
+    import ollama
+
+    server = start_server(["--model", "demo"], env=hub.env(tmp_path))
+    api = ollama.Client(host=server.url)
+    progress = list(api.pull(REPO, stream=True))
+    assert progress[0].status == "pulling manifest" and progress[-1].status == "success"
+    weights = hub.repos[REPO].files[WEIGHTS]
+    pulled = [p for p in progress if p.status == f"pulling {WEIGHTS}"]
+    assert {p.digest for p in pulled} == {f"sha256:{weights.sha256}"} and {p.total for p in pulled} == {len(weights.data)}
+    assert pulled[-1].completed == len(weights.data)
+    assert [p.status for p in progress if p.digest == f"sha256:{weights.sha256}"][-2:] == [f"verifying {WEIGHTS}",
+                                                                                          f"verified {WEIGHTS}"]
+    assert sha256(snapshot(tmp_path, REPO) / WEIGHTS) == weights.sha256
+    assert REPO in [m.model for m in api.list().models]
+    fetched = len(hub.gets(REPO, WEIGHTS))
+    assert api.pull(REPO).status == "success"  # again: the files are there, checked, not downloaded
+    assert len(hub.gets(REPO, WEIGHTS)) == fetched
+
+    with pytest.raises(ollama.ResponseError) as unknown:
+        api.pull("llama3.2")
+    assert unknown.value.status_code == 400 and "Hugging Face repo id" in unknown.value.error
+    with pytest.raises(ollama.ResponseError) as missing:  # the Hub says no: the stream's last line
+        list(api.pull("test/no-such-repo", stream=True))
+    assert "no such repository" in missing.value.error
+
+    api.generate(model=REPO, prompt="Hi", options={"num_predict": 1})  # loaded: it can't be deleted
+    with pytest.raises(ollama.ResponseError) as loaded:
+        api.delete(REPO)
+    assert loaded.value.status_code == 400 and "unload it first" in loaded.value.error
+    api.generate(model=REPO, keep_alive=0)
+    assert api.delete(REPO).status == "success"
+    assert not (tmp_path / "hub" / f"models--{REPO.replace('/', '--')}").exists()
+    assert REPO not in [m.model for m in api.list().models]
+    with pytest.raises(ollama.ResponseError) as gone:
+        api.delete(REPO)
+    assert gone.value.status_code == 404

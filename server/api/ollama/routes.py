@@ -6,7 +6,7 @@ against this server unchanged.
                                        or prompt load the model (done_reason "load"), with
                                        keep_alive 0 unload it ("unload")
 - GET  /api/tags, POST /api/show, GET /api/ps, GET /api/version, HEAD /
-- POST /api/pull, DELETE /api/delete   not available on this server yet: a 400 that says so
+- POST /api/pull, DELETE /api/delete   download a model (its progress streamed), delete one (pull.py)
 - /api/embed, /api/embeddings, /api/create, /api/push, /api/copy, /api/blobs: a 400 that says why
 
 Errors under /api are Ollama's shape, `{"error": "..."}` (errors.py, registered by the app). With
@@ -14,6 +14,7 @@ the `ollama_port` setting the server also listens on Ollama's port, where `/` an
 does (`OllamaHTTP`); on the main port `/` stays the chat page.
 """
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, Request
@@ -24,7 +25,10 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from server.api.ollama import models
+from models.download import SUCCESS
+from models.errors import ModelError
+from server.api.ollama import cards
+from server.api.ollama import pull as pull_models
 from server.api.ollama.errors import error_line, ndjson
 from server.api.ollama.output import (
     Clock,
@@ -173,17 +177,17 @@ def _known(request: Request, name: str):
 async def tags(request: Request):
     registry = request.app.state.registry
     await registry.refresh()  # models downloaded into the Hugging Face cache since the start
-    return {"models": [models.tag(slot) for slot in registry.slots.values()]}
+    return {"models": [cards.tag(slot) for slot in registry.slots.values()]}
 
 
 @router.post("/api/show", responses={404: {"description": "No such model"}})
 async def show(body: ShowRequest, request: Request):
-    return models.show(_known(request, body.wanted))
+    return cards.show(_known(request, body.wanted))
 
 
 @router.get("/api/ps")
 async def ps(request: Request):
-    return {"models": models.running(request.app.state.registry)}
+    return {"models": cards.running(request.app.state.registry)}
 
 
 @router.api_route("/api/version", methods=["GET", "HEAD"])
@@ -199,18 +203,56 @@ async def root_head():
 
 # ---- what this server doesn't do ---------------------------------------------------------------
 
-@router.post("/api/pull", responses=NOT_HERE)
-async def pull(body: PullRequest):
-    raise APIError(400, f"pulling models through the API is not available on this server yet: download "
-                   f"{body.wanted!r} with `huggingface-cli download` (or start the server with --model) instead",
-                   code="not_supported")
+@router.post("/api/pull", responses={**STREAMED, 502: {"description": "The Hub unreachable, or a file corrupt twice"},
+                                     507: {"description": "Not enough disk space"}})
+async def pull(body: PullRequest, request: Request):
+    """Download a model into the Hugging Face cache, its progress as Ollama's pull lines."""
+    repo = pull_models.repo_id(body.wanted)
+    registry = request.app.state.registry
+    if body.stream:
+        return StreamingResponse(_pulling(repo, registry), media_type=NDJSON,
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    pulling = asyncio.ensure_future(_drain(pull_models.progress(repo)))
+    try:
+        while not pulling.done():  # a client that leaves stops the download
+            done, _ = await asyncio.wait({pulling}, timeout=0.5)
+            if not done and await request.is_disconnected():
+                raise APIError(499, "client disconnected")
+        pulling.result()
+    except ModelError as e:
+        raise pull_models.as_api_error(e) from None
+    finally:
+        pulling.cancel()
+    await registry.refresh(every=0)  # listed in /api/tags at once
+    return {"status": "success"}
 
 
-@router.delete("/api/delete", responses=NOT_HERE)
-async def delete(body: ShowRequest):
-    raise APIError(400, f"deleting models through the API is not available on this server yet: remove "
-                   f"{body.wanted!r} from the Hugging Face cache with `huggingface-cli delete-cache` instead",
-                   code="not_supported")
+async def _drain(events) -> None:
+    try:
+        async for _ in events:
+            pass
+    finally:
+        await events.aclose()
+
+
+async def _pulling(repo: str, registry):
+    events = pull_models.progress(repo)
+    try:
+        async for event in events:
+            if event.status == SUCCESS:
+                await registry.refresh(every=0)
+            yield ndjson(event.ollama())
+    except ModelError as e:
+        yield error_line(str(e))
+    finally:
+        await events.aclose()
+
+
+@router.delete("/api/delete")
+async def delete(body: ShowRequest, request: Request):
+    """Delete a model from the Hugging Face cache (200 with no body, as Ollama answers)."""
+    await pull_models.delete(request.app.state.registry, body.wanted)
+    return Response(status_code=200)
 
 
 UNSUPPORTED = {
