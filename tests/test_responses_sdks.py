@@ -11,8 +11,17 @@ import sqlite3
 import time
 
 import httpx
+import pytest
 
-from tests.scripts import JAPANESE_ANSWER, JAPANESE_REASONING, TOOL_ANSWER, TOOL_ARGUMENTS
+from server.api.responses.prompt import translate
+from server.api.responses.schema import ResponsesRequest
+from server.plumbing.errors import APIError
+from tests.scripts import (
+    JAPANESE_ANSWER,
+    JAPANESE_REASONING,
+    TOOL_ANSWER,
+    TOOL_ARGUMENTS,
+)
 from tests.test_responses import post, raw_events
 
 TOOL_REASONING = "I should call the weather tool."  # the reasoning of the scripted call
@@ -216,3 +225,12 @@ def test_a_forced_call_without_arguments_gets_an_empty_object(client, scripted_s
         events = raw_events(scripted_server, {"input": "Call without arguments", "tools": tools, "tool_choice": choice})
         assert [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"] == ["{}"]
         assert events[-1]["response"]["output"][-1]["arguments"] == "{}"
+
+
+def test_a_reference_is_never_dropped_unresolved():
+    """References are resolved by the route; a translation that meets one refuses it."""
+    body = ResponsesRequest(input=[{"role": "user", "content": "Hi"}, {"id": "rs_1"}])
+    assert body.input[1].type == "item_reference"
+    with pytest.raises(APIError) as caught:
+        translate(body, [])
+    assert caught.value.param == "input[1].id"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import TypeAdapter
+from pydantic import PydanticUserError, TypeAdapter
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("swallow.errors")
@@ -142,7 +142,7 @@ def client_path(schema: dict, loc: tuple, refs: dict | None = None) -> tuple | N
 def _core_schema(annotation) -> dict | None:
     try:
         return TypeAdapter(annotation).core_schema
-    except Exception:  # not a type pydantic can build a schema of
+    except (PydanticUserError, TypeError):  # not a type pydantic can build a schema of
         return None
 
 

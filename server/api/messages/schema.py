@@ -8,7 +8,15 @@ and `redacted_thinking`; `image` and `document` (and any other type) are 400s th
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH

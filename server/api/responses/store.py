@@ -139,7 +139,13 @@ class ResponseStore:
                 "SELECT items.id, items.item FROM items JOIN responses ON responses.id = items.response_id "
                 f"WHERE items.id IN ({', '.join('?' * len(wanted))}) AND responses.created_at >= ? "
                 "ORDER BY responses.rowid", (*wanted, self._oldest())).fetchall()
-        return {item_id: json.loads(item) for item_id, item in rows}  # later rows (newer) win
+        found = {}
+        for item_id, item in rows:  # later rows (newer responses) win
+            try:
+                found[item_id] = json.loads(item)
+            except ValueError:
+                log.warning("stored item %s is unreadable; it is left out", item_id)
+        return found
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
