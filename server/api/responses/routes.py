@@ -124,7 +124,7 @@ def resolve_references(store: ResponseStore, items: list | None) -> list | None:
         found = store.items(wanted)
     except sqlite3.Error:
         log.exception("could not read stored items")
-        raise APIError(500, "The response store could not be read.", type="server_error")
+        raise APIError(500, "The response store could not be read.", type="server_error") from None
     resolved = []
     for i, item in enumerate(items):
         if item.type == "item_reference":
@@ -136,7 +136,8 @@ def resolve_references(store: ResponseStore, items: list | None) -> list | None:
             try:
                 item = ITEM.validate_python(stored)
             except ValidationError:
-                raise APIError(400, f"{where}: the stored item {item.id!r} can't be used as input.", param=where)
+                raise APIError(400, f"{where}: the stored item {item.id!r} can't be used as input.",
+                               param=where) from None
             if item.type == "item_reference":  # not written by this server: references are resolved first
                 raise APIError(400, f"{where}: the stored item {item.id!r} is a reference itself.", param=where)
         resolved.append(item)
