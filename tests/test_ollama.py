@@ -5,8 +5,10 @@ errors in Ollama's shape, and the second port that answers as Ollama does."""
 
 import datetime
 import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import mlx.core as mx
@@ -162,29 +164,32 @@ def test_the_second_port_answers_as_ollama(scripted_server):
     assert api.chat(model="scripted", messages=[], keep_alive=-1).done_reason == "load"  # loaded for good again
 
 
-JS_CHAT = """
-import { Ollama } from 'ollama'
-const ollama = new Ollama({ host: process.argv[2] })
-const stream = await ollama.chat({ model: 'scripted', messages: [{ role: 'user', content: 'What is 2+2?' }],
-                                   stream: true, think: 'high' })
-let content = '', thinking = '', last = null
-for await (const part of stream) { content += part.message.content; thinking += part.message.thinking ?? ''; last = part }
-console.log(JSON.stringify({ content, thinking, done_reason: last.done_reason }))
-"""
+JS_CHAT = Path(__file__).resolve().parent / "data" / "ollama" / "chat.cjs"
 
 
-def test_ollamas_javascript_library(scripted_server, cache_dir):
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if not (npm and node):
-        pytest.skip("node and npm are not installed: the ollama JavaScript library can't be run")
-    where = cache_dir / "npm-ollama"  # installed once, kept with the test cache
-    if not (where / "node_modules" / "ollama").is_dir():
+def ollama_npm(cache_dir: Path) -> Path:
+    """A node_modules folder holding the `ollama` npm library: SWALLOW_TEST_NODE_MODULES when it has
+    it, else one installed once into the test cache (skipped, saying why, when that can't be done)."""
+    given = Path(os.environ.get("SWALLOW_TEST_NODE_MODULES", "/nonexistent"))
+    if (given / "ollama" / "package.json").is_file():
+        return given
+    where = cache_dir / "npm-ollama"
+    if not (where / "node_modules" / "ollama" / "package.json").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: the ollama JavaScript library can't be installed")
         installed = subprocess.run([npm, "install", "--prefix", str(where), "--no-audit", "--no-fund", "ollama@^0.6"],
                                    capture_output=True, text=True, timeout=300)
         if installed.returncode != 0:
             pytest.skip(f"npm could not install the ollama library: {installed.stderr[-500:]}")
-    script = where / "chat.mjs"
-    script.write_text(JS_CHAT)
-    ran = subprocess.run([node, str(script), scripted_server.ollama_url], capture_output=True, text=True, timeout=60)
-    assert ran.returncode == 0, ran.stderr
+    return where / "node_modules"
+
+
+def test_ollamas_javascript_library(scripted_server, cache_dir):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the ollama JavaScript library can't be run")
+    modules = ollama_npm(cache_dir)
+    ran = subprocess.run(["node", str(JS_CHAT), scripted_server.ollama_url], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "NODE_PATH": str(modules)})
+    assert ran.returncode == 0, ran.stderr[-3000:]
     assert json.loads(ran.stdout) == {"content": JAPANESE_ANSWER, "thinking": JAPANESE_REASONING, "done_reason": "stop"}
