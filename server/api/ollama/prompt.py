@@ -39,8 +39,8 @@ def tools(body: ChatRequest) -> tuple[ToolDef, ...]:
                          param=f"tools[{i}].function.parameters") for i, t in enumerate(body.tools or []))
 
 
-def _arguments(arguments: dict | str) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+def _arguments(arguments: dict | str | None) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
 
 
 def conversation(body: ChatRequest, names: ToolNames) -> tuple[str, list]:

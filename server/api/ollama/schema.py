@@ -58,7 +58,7 @@ class Tool(BaseModel):
 class CalledFunction(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: Annotated[str, Field(min_length=1)]
-    arguments: dict[str, Any] | str = Field(default_factory=dict)  # an object; a JSON string is taken too
+    arguments: dict[str, Any] | str | None = None  # an object; a JSON string is taken too; none: {}
     index: int | None = None
 
 
