@@ -8,6 +8,7 @@ sampler and logits processors run guarded, so that a failure in them ends this r
 import asyncio
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -48,6 +49,10 @@ class Generation:
     followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
     prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
     capture: LogprobCapture | None = None
+    # when it was submitted and when its first token reached the event loop (time.perf_counter):
+    # the prompt's reading time and the generation's, as Ollama's API reports them
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
 
     @functools.cached_property
     def watchers(self) -> list:
@@ -62,6 +67,8 @@ class Generation:
         """Yields generated token ids, then one Finished."""
         while True:
             for item in await self.output.get():  # what one engine step delivered
+                if self.first_token_at is None and not isinstance(item, Finished):
+                    self.first_token_at = time.perf_counter()
                 if isinstance(item, Scored):
                     self.scores.append(item)
                     item = item.token
