@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 """
-ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+               "mcp_list_tools": "mcpl", "mcp_call": "mcp"}
 
 
 def data_directory(setting: str) -> Path:
