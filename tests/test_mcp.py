@@ -7,6 +7,7 @@ scripted model calls their tools (tests/scripts.py); where a tool's result holds
 own, the reply after it is that trigger's, so the answer proves the result reached the model.
 """
 
+import asyncio
 import json
 import re
 import time
@@ -14,6 +15,7 @@ import time
 import anthropic
 import httpx
 import pytest
+from mcp import Client
 
 from tests.mcp_setup import NpmMissing, http_mcp_server, npm_servers, stdio_test_server, write_config
 from tests.scripts import (
@@ -270,3 +272,9 @@ def test_a_client_that_leaves_mid_call_cancels_the_call(server, web_url):
         assert time.monotonic() < deadline, "the call was not cancelled when the client left"
         time.sleep(0.1)
     assert server.health()["running"] == 0  # and no round follows
+
+    async def cancelled_on_the_mcp_server() -> str:
+        async with Client(web_url) as web:
+            return (await web.call_tool("cancelled_calls", {})).content[0].text
+
+    assert asyncio.run(cancelled_on_the_mcp_server()) == "1"  # the SDK told the server, which stopped it

@@ -47,6 +47,7 @@ import numpy as np
 from openai_harmony import HarmonyError, StreamState
 
 from server.engine.structured import Grammar, GrammarGuide
+from server.harmony.parse import is_call
 from server.harmony.stream import ReplyStream
 
 log = logging.getLogger("swallow.reasoning")
@@ -255,8 +256,7 @@ class ReplyControl:
 
     def _is_call(self) -> bool:
         """A call's arguments (to a client's function or a tool the server runs): not analysis."""
-        recipient = self._parser.recipient
-        return bool(recipient) and recipient != "assistant"
+        return is_call(self._parser.recipient)
 
     def _content_token(self, token: int) -> None:
         if self._guide is not None:

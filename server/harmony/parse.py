@@ -23,6 +23,7 @@ a tiktoken Encoding over the o200k_base.tiktoken rebuilt from its tokenizer.json
 
 import codecs
 import logging
+import re
 from dataclasses import dataclass
 
 from openai_harmony import HarmonyEncoding, HarmonyError, StreamState
@@ -45,6 +46,14 @@ class Event:
 
 
 FUNCTIONS = "functions."
+# A recipient that names a tool: `fs.read_file`, `python`, `browser.search`. harmony's non-strict
+# parser can make one of a broken header (`<|channel|>final`): that is no call, its text is content.
+TOOL_RECIPIENT = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
+
+
+def is_call(recipient: str | None) -> bool:
+    """Whether a message to `recipient` is a tool call (a client's function, or a tool the server runs)."""
+    return bool(recipient) and recipient != "assistant" and TOOL_RECIPIENT.fullmatch(recipient) is not None
 
 
 class ReplyParser:
@@ -110,7 +119,7 @@ class ReplyParser:
 
     @staticmethod
     def _is_call(recipient: str | None) -> bool:
-        return bool(recipient) and recipient != "assistant"
+        return is_call(recipient)
 
     @staticmethod
     def _call_events(recipient: str, channel: str | None, arguments: str | None) -> list[Event]:
