@@ -4,8 +4,9 @@
     python tests/mcp_server.py http PORT                   # streamable HTTP at http://127.0.0.1:PORT/mcp
 
 Its tools do what the tests need a tool to do: answer, fail, hang past a time limit, return far too
-much, and take their own server down mid-call. A hanging call that is cancelled (the client left,
-or its time limit passed) is counted, and `cancelled_calls` says how many were.
+much, and take their own server down mid-call. `calls_in_progress` says how many calls of `hang`
+are running; one that is cancelled (the client left, or its time limit passed) is counted, and
+`cancelled_calls` says how many were.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("swallow-test-tools")
 CANCELLED = {"calls": 0}
+RUNNING = {"calls": 0}
 
 
 @server.tool()
@@ -34,12 +36,21 @@ def fail(reason: str) -> str:
 @server.tool()
 async def hang(seconds: float) -> str:
     """Wait this many seconds before answering."""
+    RUNNING["calls"] += 1
     try:
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
         CANCELLED["calls"] += 1
         raise
+    finally:
+        RUNNING["calls"] -= 1
     return f"waited {seconds} s"
+
+
+@server.tool()
+def calls_in_progress() -> str:
+    """How many calls of `hang` are running now."""
+    return str(RUNNING["calls"])
 
 
 @server.tool()

@@ -149,7 +149,12 @@ async def tool_loop(turn, prompt: list[int], prefix: list[int]):
             yield ServerEvent("server_running", call)
             turn.running = asyncio.ensure_future(run_call(call, bounds.toolset, bounds.limits))
             try:
-                await turn.running
+                # shielded: the call is cancelled once, by stop_call, not again and again by a stream's
+                # cancel scope (that would cut short the SDK telling the MCP server to stop)
+                await asyncio.shield(turn.running)
+            except asyncio.CancelledError:
+                stop_call(turn.running)
+                raise
             finally:
                 turn.running = None
         yield ServerEvent("server_result", call)
@@ -161,6 +166,12 @@ async def tool_loop(turn, prompt: list[int], prefix: list[int]):
             return
         generation = turn.next_round(prompt, limit)
         continued = True
+
+
+def stop_call(task: asyncio.Future | None) -> None:
+    """Cancels a call in flight, once (the client left)."""
+    if task is not None and not task.done() and not task.cancelling():
+        task.cancel()
 
 
 def _ended_with_call(reply: list[int]) -> list[int]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from server.harmony import render as harmony
 from server.harmony.tools import forced_call_prefix
 from server.plumbing.errors import APIError, invalid_request
-from server.turn.loop import tool_loop
+from server.turn.loop import stop_call, tool_loop
 from server.turn.plan import Grammars, Plan, compile_grammars
 from server.turn.resolve import ANY_TOOL, ResolvedTurn
 from server.turn.run import TurnEnd
@@ -136,8 +136,7 @@ class Turn:
         left, a stream closed); no round follows."""
         self.cancelled = True
         self.generation.cancel()
-        if self.running is not None:
-            self.running.cancel()
+        stop_call(self.running)
 
     async def collect(self, request) -> tuple[list, TurnEnd]:
         """Every event of the turn and its end, while watching the client: one that hangs up
