@@ -135,9 +135,9 @@ class Settings(BaseModel):
 
     # [tools]: tools the server runs itself (server/turn/loop.py, server/tools/; docs/tools.md)
     tool_max_rounds: int = Field(8, ge=1)  # tool calls the server runs in one reply; past it the reply ends
-    tool_timeout: float = Field(60, gt=0)  # seconds one call may take, then it fails as timed out
+    tool_timeout: float = Field(60.0, gt=0)  # seconds one call may take, then it fails as timed out
     tool_max_result_kb: int = Field(32, ge=1)  # a call's result past this is cut, with a note saying so
-    mcp_connect_timeout: float = Field(30, gt=0)  # seconds a request waits for an MCP server to start and list tools
+    mcp_connect_timeout: float = Field(30.0, gt=0)  # seconds a request waits for an MCP server to start and list tools
     mcp_request_servers: bool = False  # true: requests may name MCP servers by URL (the server connects there)
 
     # [[mcp_servers]] tables, at the top level: MCP servers whose tools the server runs (server/tools/mcp.py)

@@ -44,7 +44,7 @@ def servers(body: MessagesRequest) -> tuple[ServerAsk, ...]:
             continue
         allowed = config.get("allowed_tools")
         headers = {"Authorization": f"Bearer {server.authorization_token}"} if server.authorization_token else {}
-        asks[server.name] = ServerAsk(server.name, None if allowed is None else tuple(allowed), url=server.url,
+        asks[server.name] = ServerAsk(server.name, None if allowed is None else tuple(allowed), url=server.url or None,
                                       headers=headers, param=f"mcp_servers[{i}]")
     for i, tool in enumerate(body.tools or []):
         if tool.type != "mcp_toolset":
