@@ -29,6 +29,7 @@ from tests.scripts import (
     SUM_ANSWER,
     TOOL_FAILED_ANSWER,
 )
+from tests.test_web_page import Page, browser  # noqa: F401 (the browser fixture)
 
 pytestmark = pytest.mark.slow  # a server of its own, and MCP servers beside it
 TIMEOUT = 6  # tool_timeout of the server under test, seconds
@@ -288,3 +289,19 @@ def test_a_client_that_leaves_mid_call_cancels_the_call(server, web_url):
     assert ask_web(web_url, "calls_in_progress") == "0"
     assert metric(server, "swallow_tool_calls_total", source="web", outcome="cancelled") == 1
     assert server.health()["running"] == 0  # and no round follows
+
+
+def test_the_chat_page_shows_each_call_folded_in_the_reply(browser, server):
+    page = Page(browser, server.url)
+    page.settings()
+    page.wait(lambda: page.el("#tools-setting").is_displayed(), what="the MCP servers in the settings")
+    ticked = {box.get_attribute("value"): box.is_selected() for box in page.all("#tool-servers input")}
+    assert ticked == {"fs": True, "everything": False, "tools": False, "web": False}  # `default = true`
+    page.send("Read the note file.")
+    reply = page.wait_for_reply()
+    assert reply.find_element("css selector", ".answer").text == NOTE_ANSWER
+    (call,) = reply.find_elements("css selector", ".tool-call")
+    assert call.get_attribute("open") is None and call.text == "🔧 fs.read_text_file"  # folded
+    call.find_element("css selector", "summary").click()
+    assert call.find_element("css selector", "pre.arguments").text == '{"path": "note.txt"}'
+    assert call.find_element("css selector", "pre.result").text == NOTE_TEXT
