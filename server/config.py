@@ -171,7 +171,8 @@ class Settings(BaseModel):
 
 
 # config.toml's tables and the settings each one groups. `models` and `mcp_servers` are the lists of
-# [[models]] and [[mcp_servers]] tables, at the top level. tests/test_docs.py checks that config.toml and docs/configuration.md agree.
+# [[models]] and [[mcp_servers]] tables, at the top level. tests/test_docs.py checks that config.toml
+# and docs/configuration.md agree.
 TABLES: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "log_level"),
     "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public"),

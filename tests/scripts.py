@@ -150,7 +150,8 @@ SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITA
 # result reached the model, in place.
 
 
-def server_call(recipient: str, arguments: str, thinking: str = "I should use a tool.", channel: str = "commentary") -> str:
+def server_call(recipient: str, arguments: str, thinking: str = "I should use a tool.",
+                channel: str = "commentary") -> str:
     return (f"<|channel|>analysis<|message|>{thinking}<|end|>"
             f"<|start|>assistant to={recipient}<|channel|>{channel} <|constrain|>json<|message|>{arguments}<|call|>")
 

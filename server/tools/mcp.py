@@ -202,7 +202,8 @@ class MCPServer:
         except MCPError as e:
             if e.error.code == CONNECTION_CLOSED:
                 self._broken.set()
-                raise ToolError(f"the MCP server {self.label} went away during the call; it is being restarted") from None
+                raise ToolError(f"the MCP server {self.label} went away during the call; it is being "
+                                "restarted") from None
             raise ToolError(f"the MCP server {self.label} answered with an error: {e.error.message}") from None
         except (OSError, httpx2.HTTPError) as e:
             self._broken.set()

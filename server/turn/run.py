@@ -1,7 +1,8 @@
 """The tokens of one generation -> what to send: harmony's parse, stop strings, undeclared calls.
 
 Run by the turn pipeline (pipeline.py) for every API, once per round of its tool loop (loop.py). It
-yields `Event`s (reasoning, content, tool_call, tool_arguments, server_call, server_arguments) as the tokens come (and, when the generation asked for logprobs, a `TokenLogprob` before the
+yields `Event`s (reasoning, content, tool_call, tool_arguments, server_call, server_arguments)
+as the tokens come (and, when the generation asked for logprobs, a `TokenLogprob` before the
 events of each text token), then one `TurnEnd` with the finish reason and the token counts. Leaving
 the iteration early (client gone, stop string found, answer complete) cancels the generation,
 which frees its place in the batch at once.

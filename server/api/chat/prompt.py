@@ -30,7 +30,8 @@ def tools(body: ChatCompletionRequest) -> tuple[ToolDef, ...]:
 def servers(body: ChatCompletionRequest) -> tuple[ServerAsk, ...] | None:
     """The MCP servers the request turns on (`{"type": "mcp", "server_label": …}` tools); None when
     it names none: then the servers configured with `default = true` are on."""
-    asks = tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.headers or {}, param=f"tools[{i}]")
+    asks = tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.headers or {},
+                           param=f"tools[{i}]")
                  for i, t in enumerate(body.tools or []) if t.type == "mcp")
     return asks or None
 

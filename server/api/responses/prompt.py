@@ -75,7 +75,8 @@ def tools(body: ResponsesRequest) -> tuple[ToolDef, ...]:
 
 def servers(body: ResponsesRequest) -> tuple[ServerAsk, ...]:
     """The MCP servers the request picked (`mcp` tools)."""
-    return tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.request_headers(), param=f"tools[{i}]")
+    return tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.request_headers(),
+                           param=f"tools[{i}]")
                  for i, t in enumerate(body.tools or []) if t.type == "mcp")
 
 
