@@ -305,3 +305,22 @@ def test_the_chat_page_shows_each_call_folded_in_the_reply(browser, server):
     call.find_element("css selector", "summary").click()
     assert call.find_element("css selector", "pre.arguments").text == '{"path": "note.txt"}'
     assert call.find_element("css selector", "pre.result").text == NOTE_TEXT
+
+
+def test_a_server_named_by_url_is_its_requests_own_when_allowed(web_url):
+    """With mcp_request_servers on, a request's URL gets a connection of its own, stopped after it."""
+    from server.config import Settings
+    from server.tools.base import CallLimits
+    from server.tools.toolbox import ServerAsk, Toolbox
+    from server.turn.loop import ServerCall, run_call
+
+    async def use_it():
+        toolbox = Toolbox(Settings(mcp_request_servers=True))
+        toolset = await toolbox.select((ServerAsk("mine", allowed_tools=("shout",), url=web_url),))
+        call = ServerCall("mine.shout", "commentary", arguments='{"text": "by url"}')
+        await run_call(call, toolset, CallLimits(timeout=10, max_bytes=1000))
+        (listing,) = toolset.listings
+        await toolset.close()
+        return [t.name for t in listing.tools], call.output, listing.source.state
+
+    assert asyncio.run(use_it()) == (["shout"], "BY URL", "stopped")

@@ -17,13 +17,18 @@ from server.turn.request import TurnRequest
 from server.turn.resolve import ResolvedTurn, resolve
 
 router = APIRouter()
+_closing: set[asyncio.Task] = set()  # stops of request-named servers under way (a task needs a reference)
 
 
 async def resolve_turn(request: Request, turn: TurnRequest, settings) -> ResolvedTurn:
     toolset = await request.app.state.toolbox.select(turn.servers)
     if toolset.owns_sources:
-        releases = request.scope.setdefault("state", {}).setdefault(RELEASES, [])
-        releases.append(lambda: asyncio.ensure_future(toolset.close()))
+        def close() -> None:
+            task = asyncio.ensure_future(toolset.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+        request.scope.setdefault("state", {}).setdefault(RELEASES, []).append(close)
     return resolve(turn, settings, toolset)
 
 

@@ -51,7 +51,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     top_n = resolved.logprobs
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(state, turns, meta, names, include_usage, top_n),
+        lines = not resolved.reasoning.exclude  # the server's calls as lines of the reasoning
+        return StreamingResponse(_stream(state, turns, meta, names, include_usage, top_n, lines),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
@@ -64,7 +65,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     choices = []
     for index, (turn, (events, end)) in enumerate(zip(turns, results)):
         logprobs = _logprobs(state, events, top_n) if top_n is not None else None
-        choices.append({"index": index, "message": _message(events, names), "finish_reason": end.finish_reason,
+        message = _message(events, names, lines=not resolved.reasoning.exclude)
+        choices.append({"index": index, "message": message, "finish_reason": end.finish_reason,
                         "logprobs": logprobs, **turn.fields()})
     return {
         **meta,
@@ -83,15 +85,17 @@ def _logprobs(state, events, top_n: int) -> dict:
     return lists
 
 
-def _message(events, names) -> dict:
+def _message(events, names, lines: bool = True) -> dict:
+    """`lines`: the server's calls also as lines of the reasoning (not when the reasoning is excluded)."""
     reasoning, content, calls, server_calls_ = [], [], [], []
     for event in events:
         if event.kind == "reasoning":
             reasoning.append(event.text)
-        elif event.kind == "server_running":
+        elif event.kind == "server_running" and lines:
             reasoning.append(server_calls.call_line(event.call))
         elif event.kind == "server_result":
-            reasoning.append(server_calls.result_line(event.call))
+            if lines:
+                reasoning.append(server_calls.result_line(event.call))
             server_calls_.append(server_calls.whole(event.call))
         elif event.kind == "content":
             content.append(event.text)
@@ -110,7 +114,8 @@ def _message(events, names) -> dict:
     return message
 
 
-async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bool, top_n: int | None):
+async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bool, top_n: int | None,
+                  lines: bool = True):
     """Chunks of every choice as they come, each with its `index`. With logprobs, a chunk
     carries the logprobs of the tokens generated since the choice's previous chunk."""
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
@@ -159,13 +164,15 @@ async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bo
                 yield chunk(index, {"server_tool_calls": [server_calls.started(event.call, server_index[index])]})
             elif event.kind == "server_arguments":
                 yield chunk(index, {"server_tool_calls": [{"index": server_index[index], "arguments": event.text}]})
-            elif event.kind == "server_running":
+            elif event.kind == "server_running" and lines:
                 line = server_calls.call_line(event.call)
                 yield chunk(index, {"reasoning_content": line, "reasoning": line})
             elif event.kind == "server_result":
-                line = server_calls.result_line(event.call)
-                yield chunk(index, {"reasoning_content": line, "reasoning": line,
-                                    "server_tool_calls": [server_calls.ended(event.call, server_index[index])]})
+                delta = {"server_tool_calls": [server_calls.ended(event.call, server_index[index])]}
+                if lines:
+                    line = server_calls.result_line(event.call)
+                    delta = {"reasoning_content": line, "reasoning": line, **delta}
+                yield chunk(index, delta)
     finally:
         for turn in turns:
             turn.cancel()  # when the client left: free its place in the batch now

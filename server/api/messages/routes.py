@@ -83,4 +83,6 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
 async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
     state = facts(request, body.model)
-    return {"input_tokens": len(render(state, resolve(translate(body), state.settings)).tokens)}
+    turn = translate(body)
+    resolved = await resolve_turn(request, turn, state.settings) if turn.servers else resolve(turn, state.settings)
+    return {"input_tokens": len(render(state, resolved).tokens)}
