@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from server.config import MCPServerEntry, check_namespace
 from server.plumbing.errors import invalid_request
 from server.tools.base import ToolError
-from server.tools.mcp import MCPServer
 from server.tools.toolset import EMPTY, Listing, Toolset
 
 
@@ -36,10 +35,17 @@ class ServerAsk:
     param: str = "tools"  # where the request named it, for errors
 
 
+def mcp_server(entry: MCPServerEntry, settings, from_request: bool = False):
+    """An MCP server's source. The `mcp` SDK takes ~1.5 s to import: only servers that use it pay that."""
+    from server.tools.mcp import MCPServer
+
+    return MCPServer(entry, settings.mcp_connect_timeout, from_request=from_request)
+
+
 class Toolbox:
     def __init__(self, settings):
         self.settings = settings
-        self.servers = {entry.name: MCPServer(entry, settings.mcp_connect_timeout) for entry in settings.mcp_servers}
+        self.servers = {entry.name: mcp_server(entry, settings) for entry in settings.mcp_servers}
 
     def start(self) -> None:
         for server in self.servers.values():
@@ -75,7 +81,7 @@ class Toolbox:
             raise
         return Toolset(listings, owned)
 
-    def _configured(self, ask: ServerAsk) -> MCPServer | None:
+    def _configured(self, ask: ServerAsk):
         server = self.servers.get(ask.label)
         if server is not None and (ask.url is None or ask.url == server.entry.url):
             return server
@@ -85,7 +91,7 @@ class Toolbox:
                                   f"(configured: {known})", param=ask.param, code="unknown_mcp_server")
         return None
 
-    def _from_request(self, ask: ServerAsk) -> MCPServer:
+    def _from_request(self, ask: ServerAsk):
         """A server the request names by URL: its own connection, for this request alone."""
         if not self.settings.mcp_request_servers:
             raise invalid_request(
@@ -100,7 +106,7 @@ class Toolbox:
             entry = MCPServerEntry(name=ask.label, url=ask.url, headers=dict(ask.headers))
         except ValueError as e:
             raise invalid_request(f"{ask.param}: {e}", param=ask.param) from None
-        server = MCPServer(entry, self.settings.mcp_connect_timeout, from_request=True)
+        server = mcp_server(entry, self.settings, from_request=True)
         server.start()
         return server
 
