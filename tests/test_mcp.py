@@ -118,6 +118,9 @@ def test_chat_completions_runs_the_default_filesystem_server(server):
                     "arguments": '{"path": "note.txt"}', "output": NOTE_TEXT, "error": None}
     assert ('[tool call] fs.read_text_file {"path": "note.txt"}\n[tool result] ' + NOTE_TEXT) in message["reasoning_content"]
     assert "tool_calls" not in message  # those stay the client's functions
+    both = chat(server, "Read the note file.", n=2)["choices"]  # n > 1: a loop per choice
+    assert [c["message"]["content"] for c in both] == [NOTE_ANSWER] * 2
+    assert [c["message"]["server_tool_calls"][0]["output"] for c in both] == [NOTE_TEXT] * 2
 
     # streamed: the same call, built from deltas, and the same answer
     streamed, chunks = streamed_chat(server, {"messages": NOTE})

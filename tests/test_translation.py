@@ -212,6 +212,12 @@ def test_each_api_names_its_mcp_servers_in_its_own_words():
     assert asks == (ServerAsk("fs", denied_tools=("write_file",), param="mcp_servers[0]"),)
 
 
+def test_max_tool_calls_bounds_the_loop_within_the_setting():
+    assert responses_turn().server_tools.max_rounds == SETTINGS.tool_max_rounds == 8
+    assert responses_turn(max_tool_calls=2).server_tools.max_rounds == 2
+    assert responses_turn(max_tool_calls=50).server_tools.max_rounds == 8
+
+
 def test_approvals_and_connectors_are_refused_on_responses():
     for tool in ({"type": "mcp", "server_label": "fs", "require_approval": "always"},
                  {"type": "mcp", "server_label": "gmail", "connector_id": "connector_gmail"}):

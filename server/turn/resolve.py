@@ -155,7 +155,8 @@ def resolve(request: TurnRequest, settings, toolset: Toolset = EMPTY) -> Resolve
         reasoning=_reasoning(request, settings),
         response_format=response_format,
         input_param=request.input_param,
-        server_tools=ServerTools(toolset if request.tool_choice.kind != "none" else EMPTY, settings.tool_max_rounds,
+        server_tools=ServerTools(toolset if request.tool_choice.kind != "none" else EMPTY,
+                                 min(settings.tool_max_rounds, request.max_tool_calls or settings.tool_max_rounds),
                                  CallLimits(settings.tool_timeout, settings.tool_max_result_kb * 1024)),
     )
 

@@ -161,6 +161,7 @@ def translate(body: ResponsesRequest, history: list) -> TurnRequest:
         tools=declared,
         tool_choice=tool_choice(body),
         servers=servers(body),
+        max_tool_calls=body.max_tool_calls,
         effort=asked_effort(body),
         sampling=sampling_given(body),
         max_tokens=body.max_output_tokens,
