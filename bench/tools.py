@@ -62,9 +62,9 @@ class SwallowWithTools(system.Swallow):
 
 def build(directory: Path, prefix_tokens: int) -> tuple[Path, Path, str]:
     """(the scripted model, a config with the MCP server, a system prompt of about prefix_tokens)."""
+    from bench.prompts import filler
     from models.scripted import build_scripted_model
     from models.vocab import load_harmony_encoding_offline
-    from bench.prompts import filler
 
     model = build_scripted_model(directory / "model", SCRIPTS, context_length=prefix_tokens + 4096)
     config = directory / "config.toml"

@@ -29,7 +29,7 @@ from tests.scripts import (
     SUM_ANSWER,
     TOOL_FAILED_ANSWER,
 )
-from tests.test_web_page import Page, browser  # noqa: F401 (the browser fixture)
+from tests.test_web_page import Page, browser  # noqa: F401, F811 (the browser fixture)
 
 pytestmark = pytest.mark.slow  # a server of its own, and MCP servers beside it
 TIMEOUT = 6  # tool_timeout of the server under test, seconds
@@ -294,7 +294,7 @@ def test_a_client_that_leaves_mid_call_cancels_the_call(server, web_url):
     assert server.health()["running"] == 0  # and no round follows
 
 
-def test_the_chat_page_shows_each_call_folded_in_the_reply(browser, server):
+def test_the_chat_page_shows_each_call_folded_in_the_reply(browser, server):  # noqa: F811
     page = Page(browser, server.url)
     page.settings()
     page.wait(lambda: page.el("#tools-setting").is_displayed(), what="the MCP servers in the settings")
