@@ -16,6 +16,7 @@ from server.api.ollama import errors as ollama_errors
 from server.api.ollama import routes as ollama
 from server.api.responses import routes as responses
 from server.api.responses.store import open_store
+from server.api.server_tools import router as server_tools_router
 from server.api.tokenize import routes as tokenize
 from server.config import Settings
 from server.plumbing import limits, metrics, middleware
@@ -28,19 +29,25 @@ from server.plumbing.errors import (
 from server.registry.lease import HoldModels
 from server.registry.registry import Registry, Slot
 from server.registry.routes import router as models_router
+from server.tools.toolbox import Toolbox
 from server.web.routes import router as web_router
 
 
 def create_app(settings: Settings, registry: Registry) -> FastAPI:
+    toolbox = Toolbox(settings)  # the MCP servers whose tools the server runs (server/tools/)
+
     @asynccontextmanager
     async def lifespan(_app):
         registry.start_reaper()  # unloads models idle past their keep-alive
+        toolbox.start()  # MCP servers start in the background; requests that want one wait for it
         yield
+        await toolbox.stop()
 
     app = FastAPI(title="swallow-server", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server for GPT-OSS models on MLX")
     app.state.settings = settings
     app.state.registry = registry  # the models, loaded or not; requests pick theirs (registry/lease.py)
+    app.state.toolbox = toolbox
     limits.configure(settings)  # max_messages, checked as requests are parsed
     token_vocabulary()  # the reply parser's byte table (~0.3 s to build): now, not in a first request
     install_error_handlers(app)
@@ -61,6 +68,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(tokenize.router)
     app.include_router(models_router)
     app.include_router(ollama.router)
+    app.include_router(server_tools_router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     register_shape("/api", ollama_errors.SHAPE)  # Ollama's under /api
     app.include_router(web_router)  # the chat page at /, its files, /status.json
@@ -79,6 +87,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
                                   "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
                 "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]}}
+        if toolbox.servers:
+            body["mcp_servers"] = {name: server.state for name, server in toolbox.servers.items()}
         if registry.world is not None:  # under mlx.launch: the ranks serving the model
             body["distributed"] = registry.world.describe()
         if registry.dead is not None:  # the process is about to exit (non-zero) for a restart

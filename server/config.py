@@ -134,6 +134,16 @@ class Settings(BaseModel):
     # [distributed]: under mlx.launch only (server/distributed/)
     distributed_timeout: float = Field(20, gt=0)  # seconds a rank may wait for the others in one step
 
+    # [tools]: tools the server runs itself (server/turn/loop.py, server/tools/; docs/tools.md)
+    tool_max_rounds: int = Field(8, ge=1)  # tool calls the server runs in one reply; past it the reply ends
+    tool_timeout: float = Field(60.0, gt=0)  # seconds one call may take, then it fails as timed out
+    tool_max_result_kb: int = Field(32, ge=1)  # a call's result past this is cut, with a note saying so
+    mcp_connect_timeout: float = Field(30.0, gt=0)  # seconds a request waits for an MCP server to start and list tools
+    mcp_request_servers: bool = False  # true: requests may name MCP servers by URL (the server connects there)
+
+    # [[mcp_servers]] tables, at the top level: MCP servers whose tools the server runs (server/tools/mcp.py)
+    mcp_servers: list["MCPServerEntry"] = Field(default_factory=list)  # see MCPServerEntry
+
     # [responses]
     data_dir: str = ""  # stored responses (SQLite); empty: <cache dir>/responses
     responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept
@@ -207,8 +217,9 @@ class Settings(BaseModel):
         return value
 
 
-# config.toml's tables and the settings each one groups. `models` is the list of [[models]] tables,
-# at the top level. tests/test_docs.py checks that config.toml and docs/configuration.md agree.
+# config.toml's tables and the settings each one groups. `models` and `mcp_servers` are the lists of
+# [[models]] and [[mcp_servers]] tables, at the top level. tests/test_docs.py checks that config.toml
+# and docs/configuration.md agree.
 TABLES: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "ollama_port", "log_level"),
     "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public"),
@@ -222,6 +233,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "engine": ("max_batch_size", "prefill_step_size", "prompt_cache_mb", "prompt_cache_disk_mb",
                "prompt_cache_disk_min_tokens", "openblas", "kv_memory_mb"),
     "distributed": ("distributed_timeout",),
+    "tools": ("tool_max_rounds", "tool_timeout", "tool_max_result_kb", "mcp_connect_timeout", "mcp_request_servers"),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
     "browser": ("browser_tool", "browser_search_backend", "browser_searxng_url", "browser_max_results",
                 "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout", "browser_max_redirects",
@@ -243,8 +255,8 @@ def misplaced(document: dict, where: str) -> list[str]:
         for key, value in table.items():
             if isinstance(value, dict):
                 walk(value, f"{path}.{key}" if path else key)
-            elif path and key == "models":
-                found.append(f"{where}: [[models]] is under [{path}]; it belongs at the top level, as [[models]]")
+            elif path and key in ("models", "mcp_servers"):
+                found.append(f"{where}: [[{key}]] is under [{path}]; it belongs at the top level, as [[{key}]]")
             elif path and key in TABLE_OF and TABLE_OF[key] != path:
                 found.append(f"{where}: {key} is under [{path}]; it belongs in [{TABLE_OF[key]}]")
 
@@ -306,6 +318,60 @@ class ModelEntry(BaseModel):
         return self.alias or self.model
 
 
+# Names an MCP server may not take: harmony's own namespaces and roles (its name is the namespace
+# the model calls its tools by: `fs.read_file`).
+RESERVED_TOOL_NAMESPACES = {"functions", "browser", "python", "container", "assistant", "user", "system",
+                            "developer", "tool", "multi_tool_use"}
+NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_namespace(name: str) -> str | None:
+    """Why `name` can't name a tool namespace (an MCP server), or None."""
+    if not NAMESPACE.fullmatch(name):
+        return f"{name!r} is not a name like fs or my_tools (letters, digits and _, not starting with a digit)"
+    if name in RESERVED_TOOL_NAMESPACES:
+        return f"{name!r} is reserved (harmony's own names: {', '.join(sorted(RESERVED_TOOL_NAMESPACES))})"
+    return None
+
+
+class MCPServerEntry(BaseModel):
+    """One [[mcp_servers]] table: an MCP server whose tools the server runs (docs/tools.md).
+
+        [[mcp_servers]]
+        name = "fs"                               # its label in the APIs, and the namespace the model sees
+        command = "npx"                           # stdio: a command to start ...
+        args = ["-y", "@modelcontextprotocol/server-filesystem", "/srv/notes"]
+        env = { LOG_LEVEL = "warn" }              # ... with these variables beside HOME, PATH, USER...
+        # url = "http://127.0.0.1:3001/mcp"      # or streamable HTTP, with `headers`
+        allowed_tools = ["read_text_file", "list_directory"]   # only these (none given: all)
+        default = true                            # on for requests that don't pick servers
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    command: str = ""
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str = ""
+    url: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    allowed_tools: list[str] | None = None  # None: every tool it lists
+    description: str = ""  # what the model is told the namespace is; empty: "Tools of the MCP server NAME"
+    default: bool = False  # on for requests that pick no servers (chat completions, the chat page)
+
+    @model_validator(mode="after")
+    def _check(self):
+        problem = check_namespace(self.name)
+        if problem:
+            raise ValueError(f"[[mcp_servers]] name: {problem}")
+        if bool(self.command) == bool(self.url):
+            raise ValueError(f"[[mcp_servers]] {self.name!r}: give either command (stdio) or url (streamable HTTP)")
+        if self.url and not re.match(r"https?://", self.url):
+            raise ValueError(f"[[mcp_servers]] {self.name!r}: url must be http:// or https://")
+        return self
+
+
 class ConfigError(Exception):
     pass
 
@@ -348,6 +414,9 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         settings = Settings(**values)
+        names = [entry.name for entry in settings.mcp_servers]
+        if len(set(names)) != len(names):
+            raise ValueError("[[mcp_servers]]: each server needs a name of its own")
         for entry in settings.models:
             for_model(settings, entry)  # each model's own settings are valid too
         return settings

@@ -147,3 +147,46 @@ SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITA
 # ---- forced calls on every API (test_tools.py, test_messages.py, test_responses_sdks.py) ----
 # a call the model ends without writing arguments: a forced call still gets JSON ({})
 SCRIPTS["Call without arguments"] = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|><|call|>"
+
+# ---- tools the server runs: MCP servers (tests/test_mcp.py) ----
+# A reply that calls a server's tool, then (once the tool's message is in the prompt) goes on. Where
+# the tool's result holds a trigger of its own, the next reply is that trigger's: proof that the
+# result reached the model, in place.
+
+
+def server_call(recipient: str, arguments: str, thinking: str = "I should use a tool.",
+                channel: str = "commentary") -> str:
+    return (f"<|channel|>analysis<|message|>{thinking}<|end|>"
+            f"<|start|>assistant to={recipient}<|channel|>{channel} <|constrain|>json<|message|>{arguments}<|call|>")
+
+
+NOTE_TEXT = "The secret word is kumquat."  # the file the filesystem server reads
+NOTE_ANSWER = "The note says the secret word is kumquat."
+SCRIPTS["Read the note file."] = server_call("fs.read_text_file", '{"path": "note.txt"}', "The note is in note.txt.")
+SCRIPTS[NOTE_TEXT] = thought("The tool gave me the note.", NOTE_ANSWER)
+# server-everything's get-sum: a tool name with a dash, called by its safe name
+SUM_ANSWER = "Two and three make five."
+SCRIPTS["Add two and three."] = server_call("everything.get_sum", '{"a": 2, "b": 3}')
+SCRIPTS["The sum of 2 and 3 is 5."] = final(SUM_ANSWER)
+# the SDK server over streamable HTTP, on the analysis channel (its result goes back there)
+SHOUT_ANSWER = "It shouted back."
+SCRIPTS["Shout it over HTTP."] = server_call("web.shout", '{"text": "hello over http"}', channel="analysis")
+SCRIPTS["HELLO OVER HTTP"] = final(SHOUT_ANSWER)
+# a tool that errors, one that hangs past its time limit, one that returns 10 MB (over HTTP: the SDK's
+# stdio client takes ~15 s to read a 10 MB line), one that is not there
+TOOL_FAILED_ANSWER = "The tool failed, so I answer without it."
+SCRIPTS["Use the failing tool."] = [server_call("tools.fail", '{"reason": "testing"}'), final(TOOL_FAILED_ANSWER)]
+SLOW_ANSWER = "The tool took too long."
+SCRIPTS["Wait for the slow tool."] = [server_call("tools.hang", '{"seconds": 120}'), final(SLOW_ANSWER)]
+SCRIPTS["Wait for the slow web tool."] = [server_call("web.hang", '{"seconds": 120}'), final(SLOW_ANSWER)]
+FLOOD_ANSWER = "That was a lot of text."
+SCRIPTS["Flood me with text."] = [server_call("web.flood", '{"megabytes": 10}'), final(FLOOD_ANSWER)]
+MISSING_TOOL_ANSWER = "I can't search here, so I answer from memory."
+SCRIPTS["Search the web for swallows."] = [server_call("browser.search", '{"query": "swallows"}', channel="analysis"),
+                                           final(MISSING_TOOL_ANSWER)]
+# the tool server dies in the middle of a call and is started again: its pid, the crash, its pid again
+CRASH_ANSWER = "The tool server came back."
+SCRIPTS["Crash the tool server."] = [server_call("tools.pid", "{}"), server_call("tools.crash", "{}"),
+                                     server_call("tools.pid", "{}"), final(CRASH_ANSWER)]
+# a model that keeps calling: past tool_max_rounds it is told no more, and then the reply ends
+SCRIPTS["Keep calling tools."] = [server_call("tools.pid", "{}")] * 8

@@ -138,7 +138,7 @@ def assert_400(response, mentions: str = "", param: str | None = None):
 
 
 @pytest.mark.parametrize("tool", ["file_search", "computer_use_preview", "code_interpreter", "web_search_preview",
-                                  "image_generation", "mcp", "local_shell", "custom"])
+                                  "image_generation", "local_shell", "custom"])
 def test_unsupported_tool_types_are_400_naming_them(scripted_server, tool):
     assert_400(post(scripted_server, {"input": "hi", "tools": [WEATHER_TOOL, {"type": tool}]}), f"'{tool}'", "tools[1].type")
 

@@ -22,6 +22,10 @@
   return JSON that doesn't match (token limit reached mid-JSON, or a broken reply)
 - swallow_undeclared_tool_calls_total: calls the model wrote to tools the request never declared,
   delivered as text (no client can act on them)
+- swallow_tool_calls_total{source,outcome}, swallow_tool_call_duration_seconds{source},
+  swallow_tool_result_bytes_total{source}: calls the server ran itself (server/turn/loop.py), by the
+  source's label (an MCP server's name) and outcome (ok, error, timeout, cancelled, unavailable, refused)
+- swallow_mcp_server_up{server} (1 while connected), swallow_mcp_server_restarts_total{server}
 - process_* (memory, CPU, open files) and python_gc_*
 
 One registry per process (one server per process; bind() again replaces the model gauges). run_turn (server/turn/run.py) reports through
@@ -89,6 +93,16 @@ STRUCTURED_FAILURES = Counter("swallow_structured_output_failures", "Structured-
                               "instead of returning non-conforming JSON", registry=REGISTRY)
 UNDECLARED_CALLS = Counter("swallow_undeclared_tool_calls", "Tool calls the model wrote to a tool the request "
                            "did not declare, delivered as text instead", registry=REGISTRY)
+TOOL_CALLS = Counter("swallow_tool_calls", "Tool calls the server ran itself, by source and outcome (ok, error, "
+                     "timeout, cancelled, unavailable, refused)", ["source", "outcome"], registry=REGISTRY)
+TOOL_SECONDS = Histogram("swallow_tool_call_duration_seconds", "How long the server's own tool calls took",
+                         ["source"], registry=REGISTRY,
+                         buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+TOOL_RESULT_BYTES = Counter("swallow_tool_result_bytes", "Bytes of the results of the server's own tool calls, "
+                            "as the tools returned them", ["source"], registry=REGISTRY)
+MCP_SERVER_UP = Gauge("swallow_mcp_server_up", "1 while the MCP server is connected", ["server"], registry=REGISTRY)
+MCP_SERVER_RESTARTS = Counter("swallow_mcp_server_restarts", "Times an MCP server was started again (it died, "
+                              "or its start failed)", ["server"], registry=REGISTRY)
 RUNNING = Gauge("swallow_requests_running", "Requests holding a generation slot", registry=REGISTRY)
 QUEUED = Gauge("swallow_requests_queued", "Requests waiting for a generation slot", registry=REGISTRY)
 router = APIRouter()
@@ -165,8 +179,11 @@ class TurnWatch:
     """One assistant turn's numbers: created when the turn starts, told of every generated
     token, closed when it stops listening, told how it ended."""
 
-    def __init__(self, prompt_tokens: int, model: str):
+    def __init__(self, prompt_tokens: int, model: str, continued: bool = False):
+        """`continued`: a later round of a turn (after a tool the server ran): its first token is not
+        the request's first, so it is no time-to-first-token."""
         self.model = model
+        self.continued = continued
         PROMPT_TOKENS.labels(model).inc(prompt_tokens)
         # this model's series, looked up once rather than at every token
         self._first = FIRST_TOKEN_SECONDS.labels(model)
@@ -179,7 +196,8 @@ class TurnWatch:
     def token(self) -> None:
         now = time.perf_counter()
         if self.last is None:
-            self._first.observe(now - self.start)
+            if not self.continued:
+                self._first.observe(now - self.start)
         else:
             self._between.observe(now - self.last)
         self.last = now

@@ -17,6 +17,7 @@ from server.api.messages.errors import error_event
 from server.api.messages.output import ContentBuilder, stop_reason, usage
 from server.api.messages.prompt import translate
 from server.api.messages.schema import CountTokensRequest, MessagesRequest
+from server.api.server_tools import resolve_turn
 from server.registry.lease import facts, serving
 from server.turn.pipeline import Turn, open_turns, render, with_heartbeat
 from server.turn.resolve import resolve
@@ -34,7 +35,7 @@ def _sse(event: dict) -> str:
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
-    resolved = resolve(translate(body), state.settings)
+    resolved = await resolve_turn(request, translate(body), state.settings)
     (turn,) = await open_turns(state, resolved)
     message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                "model": state.model_id}
@@ -82,4 +83,6 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
 async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
     state = facts(request, body.model)
-    return {"input_tokens": len(render(state, resolve(translate(body), state.settings)).tokens)}
+    turn = translate(body)
+    resolved = await resolve_turn(request, turn, state.settings) if turn.servers else resolve(turn, state.settings)
+    return {"input_tokens": len(render(state, resolved).tokens)}

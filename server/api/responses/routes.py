@@ -19,14 +19,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
 from server.api.responses.output import OutputBuilder, ResponseShell, final_status
-from server.api.responses.prompt import translate
+from server.api.responses.prompt import listed_servers, translate
 from server.api.responses.schema import InputItem, ResponsesRequest
 from server.api.responses.store import ResponseStore, with_ids
+from server.api.server_tools import resolve_turn
 from server.plumbing.errors import APIError
 from server.plumbing.limits import check_total
 from server.registry.lease import serving
 from server.turn.pipeline import Turn, open_turns
-from server.turn.resolve import resolve
 from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.responses")
@@ -59,11 +59,13 @@ async def create_response(body: ResponsesRequest, request: Request):
         check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
     body.input = resolve_references(store, body.input)
-    resolved = resolve(translate(body, history), settings)
+    resolved = await resolve_turn(request, translate(body, history), settings)
     (turn,) = await open_turns(state, resolved)
     shell = ResponseShell(body, state.model_id, resolved.prompt.effort, resolved.sampling)
     builder = OutputBuilder(resolved.tools, body.wants_encrypted_reasoning(), state.encoding, resolved.logprobs,
                             summary=body.wants_summary())
+    # the MCP servers the request picked, listed first (unless the conversation has their lists)
+    listing = builder.listings(resolved.server_tools.toolset, listed_servers([*history, *(body.input or [])]))
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
     def save(response: dict) -> None:
@@ -95,7 +97,7 @@ async def create_response(body: ResponsesRequest, request: Request):
         save(response)
 
     if body.stream:
-        return StreamingResponse(_stream(turn, shell, builder, finished, interrupted),
+        return StreamingResponse(_stream(turn, shell, builder, listing, finished, interrupted),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
@@ -149,7 +151,8 @@ def _sse(event: dict, counter) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, finished, interrupted):
+async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, listing: list[dict], finished,
+                  interrupted):
     """The stream's events. A client that leaves closes this generator (GeneratorExit at a
     yield) or cancels it (CancelledError at an await): either way the `finally` below runs,
     without awaiting anything, and stores what was generated as incomplete."""
@@ -158,6 +161,8 @@ async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, fini
     try:
         yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
         yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
+        for out in listing:
+            yield _sse(out, counter)
         try:
             async for event in turn.events:  # always closed by a TurnEnd (an error one if the turn failed)
                 if isinstance(event, TurnEnd):

@@ -56,7 +56,8 @@ ITEM_INDEX = (
     """CREATE TRIGGER items_go_with_their_response AFTER DELETE ON responses
         BEGIN DELETE FROM items WHERE response_id = OLD.id; END""",
 )
-ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+               "mcp_list_tools": "mcpl", "mcp_call": "mcp"}
 
 
 def data_directory(setting: str) -> Path:
