@@ -23,6 +23,7 @@ ENV_PREFIX = "SWALLOW_"
 # Pages these origins serve may call the API by default: this machine's, on any port.
 LOCAL_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]")
                       for scheme in ("http", "https"))
+HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]", re.IGNORECASE)
 ORIGIN_PATTERN = re.compile(r"\*|[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:(\d+|\*))?", re.IGNORECASE)
 
 
@@ -39,6 +40,7 @@ class Settings(BaseModel):
     cors_origins: list[str] = Field(default_factory=lambda: list(LOCAL_ORIGINS))  # see _origins
     max_body_mb: int = Field(16, ge=1)  # larger request bodies get 413
     metrics_public: bool = True  # false: /metrics wants the api_key too
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names served besides loopback; see _hosts
 
     # [limits]
     max_concurrency: int = Field(0, ge=0)  # requests generating at once; 0: max_batch_size
@@ -99,6 +101,22 @@ class Settings(BaseModel):
     @classmethod
     def _keep_alive(cls, value):
         keep_alive.seconds(value)  # ValueError: not a duration
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value):
+        """A list, or one comma-separated string. Each entry is a host name or address as a
+        `Host` header carries it, without the port ("myhost.lan", "192.168.1.20", "[fe80::1]"),
+        "*.example.lan" (the names under it), or "*" (every name: no Host check)."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for host in value:
+                if not isinstance(host, str) or not HOST_PATTERN.fullmatch(host):
+                    raise ValueError(f"{host!r} is not a host name like myhost.lan, 192.168.1.20, [fe80::1], "
+                                     "*.example.lan or *")
+            value = [host.lower() for host in value]
         return value
 
     @field_validator("cors_origins", mode="before")
