@@ -15,6 +15,7 @@ from server.api.responses.store import open_store
 from server.api.tokenize import routes as tokenize
 from server.config import Settings
 from server.plumbing import limits, metrics, middleware
+from server.plumbing.disk import data_disk
 from server.plumbing.admission import Admission
 from server.plumbing.errors import (
     document_errors,
@@ -56,7 +57,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(models_router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     app.include_router(web_router)  # the chat page at /, its files, /status.json
-    app.state.responses_store = open_store(settings)
+    app.state.responses_store = open_store(settings)  # a damaged file is set aside, a full disk waited out
+    disk = data_disk(settings.data_dir)  # stored responses and prompt-cache snapshots (plumbing/disk.py)
 
     @app.get("/health")
     async def health(request: Request):
@@ -70,7 +72,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "prompt_cache": main.engine.cache_stats() if main else {},
                 "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
                                   "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
-                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]}}
+                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]},
+                "disk": disk.describe()}
         if registry.world is not None:  # under mlx.launch: the ranks serving the model
             body["distributed"] = registry.world.describe()
         if registry.dead is not None:  # the process is about to exit (non-zero) for a restart

@@ -195,7 +195,7 @@ class Engine:
             pass
 
     def _serve(self) -> None:
-        self.prompt_cache.open_disk(self.loaded.path)
+        self.prompt_cache.open_disk(self.loaded.path, self.kv_cost.layout)
         batch = self._new_batch()
         try:
             self._warm_up(batch)

@@ -32,6 +32,7 @@ SHARE_FOR_CACHES = 0.8  # of the memory left after the weights
 class KVCost:
     per_token: float  # bytes per context token, summed over the caches that grow
     fixed: int  # bytes of the caches that stop growing (sliding windows)
+    layout: tuple = ()  # what the model's caches are made of (cache_layout)
 
     def of(self, tokens: int) -> int:
         """The worst-case bytes of one request's cache holding `tokens` tokens."""
@@ -57,7 +58,20 @@ def measure_kv_cost(model) -> KVCost:
             per_token += size / layer.step
         else:  # a cache type this doesn't know: charge what one token took, per token
             per_token += size
-    return KVCost(per_token, fixed)
+    return KVCost(per_token, fixed, cache_layout(cache))
+
+
+def cache_layout(cache: list) -> tuple:
+    """What a prompt cache is made of, apart from how long it is: per layer its type, its window
+    and its arrays' shapes (the batch and sequence axes left out) and dtypes. Every cache of one
+    model has the same; a prompt-cache snapshot of another model (or conversion) has not."""
+    layers = []
+    for layer in cache:
+        state = layer.state
+        arrays = [a for a in (state if isinstance(state, (list, tuple)) else [state]) if isinstance(a, mx.array)]
+        shapes = tuple((a.shape[1:2] + a.shape[3:] if a.ndim == 4 else a.shape[1:], str(a.dtype)) for a in arrays)
+        layers.append((type(layer).__name__, getattr(layer, "max_size", None), shapes))
+    return tuple(layers)
 
 
 def _available_system_bytes() -> int:

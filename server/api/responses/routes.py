@@ -56,19 +56,26 @@ async def create_response(body: ResponsesRequest, request: Request):
                            param="previous_response_id", code="previous_response_not_found")
         check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
+    if body.store:
+        store.writable()  # a full disk: 507 now, before anything is generated
     spec, tools = turn_spec(body, history, settings.reasoning_effort, sampling_params(body, settings))
     turn = await Turn.open(state, spec)
     shell = ResponseShell(body, state.model_id, spec.prompt.effort, spec.sampling)
     builder = OutputBuilder(tools, body.wants_encrypted_reasoning(), state.encoding, spec.logprobs)
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
-    def save(response: dict) -> None:
-        """Synchronous on purpose: it also runs while a stream is being closed or cancelled."""
+    def save(response: dict) -> APIError | None:
+        """Synchronous on purpose: it also runs while a stream is being closed or cancelled.
+        The 507 when the disk filled up before the response could be stored."""
         if body.store and response["status"] != "failed":
             try:
                 store.save(response, conversation + builder.output)
+            except APIError as e:
+                log.warning("response %s was not stored: %s", response["id"], e.message)
+                return e
             except sqlite3.Error:
                 log.exception("could not store response %s", response["id"])
+        return None
 
     def finished(end: TurnEnd) -> dict:
         problem = turn.plan.problem(end, turn.max_tokens)  # structured output that can't be given
@@ -77,7 +84,10 @@ async def create_response(body: ResponsesRequest, request: Request):
         if problem:
             error = {"code": problem.code, "message": problem.message}
         response = {**shell.snapshot(status, builder.output, end, error), **turn.fields()}
-        save(response)
+        unstored = save(response)
+        if unstored is not None:  # what a continuation needs is missing: the response failed
+            response = {**response, "status": "failed", "completed_at": None,
+                        "error": {"code": unstored.code, "message": unstored.message}}
         return response
 
     def interrupted() -> None:
@@ -104,7 +114,10 @@ async def create_response(body: ResponsesRequest, request: Request):
         builder.feed(event)
     builder.finish(end)
     turn.raise_for(end)
-    return finished(end)
+    response = finished(end)
+    if (response["error"] or {}).get("code") == "insufficient_storage":
+        raise store.no_room()
+    return response
 
 
 def _sse(event: dict, counter) -> str:

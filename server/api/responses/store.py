@@ -15,6 +15,13 @@ down; the price is one fsync per stored response, nothing next to generating it)
 Retention: `max_age_days` and `max_count` (0: unlimited) are applied when the store opens and
 with every save (both deletes use indexes); reads never return a response older than
 `max_age_days`, so an idle server doesn't serve expired ones either.
+
+A damaged file (not a database, or failing SQLite's quick_check) is set aside when the store
+opens (renamed responses.sqlite3.corrupt-<timestamp>, with a warning) and an empty store takes
+its place: the server starts rather than exit into a supervisor's restart loop. A full disk
+(server/plumbing/disk.py) makes a save a 507 `insufficient_storage` before anything is written,
+or a rolled-back transaction when the disk fills during it: what is stored is never damaged.
+A store that can't be opened at start (a full disk, say) is opened on first use.
 """
 
 import json
@@ -26,6 +33,8 @@ import uuid
 from pathlib import Path
 
 from models.paths import cache_dir
+from server.plumbing.disk import DataDisk, data_disk, set_aside
+from server.plumbing.errors import APIError
 
 log = logging.getLogger("swallow.responses")
 
@@ -53,38 +62,119 @@ def with_ids(items: list[dict]) -> list[dict]:
             for item in items]
 
 
+class Damaged(sqlite3.DatabaseError):
+    """The file is a database that fails its integrity check."""
+
+
+DAMAGED = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+
 class ResponseStore:
-    def __init__(self, path: Path, max_age_days: int = 0, max_count: int = 0):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, max_age_days: int = 0, max_count: int = 0, disk: DataDisk | None = None):
         self.path = path
         self.max_age_days, self.max_count = max_age_days, max_count
+        self.disk = disk or DataDisk(path.parent)
+        self.journal_mode = ""
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":  # e.g. a file system without shared memory
-            log.warning("the response store runs in journal mode %r, not WAL", mode)
-        self.journal_mode = mode.lower()
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db: sqlite3.Connection | None = None
         with self._lock:
-            removed = self._prune()
-        log.info("responses are stored in %s%s", path, f" ({removed} past retention removed)" if removed else "")
+            self._open()
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The connection, opened now if it isn't yet (the lock held); None when it can't be,
+        said in the log."""
+        if self._db is not None:
+            return self._db
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as e:
+            if not (isinstance(e, Damaged) or getattr(e, "sqlite_errorname", "") in DAMAGED):
+                self._cannot_open(e)
+                return None
+            aside = set_aside(self.path, str(e), "the response store")
+            if aside is None:
+                return None
+            wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+            if wal.exists():  # its journal goes with it, named so that SQLite opens the two together
+                wal.replace(f"{aside}-wal")
+            shm.unlink(missing_ok=True)  # an index of the journal, rebuilt from it
+            try:
+                self._db = self._connect()
+            except (sqlite3.Error, OSError) as e:
+                self._cannot_open(e)
+        except OSError as e:
+            self._cannot_open(e)
+        return self._db
+
+    def _cannot_open(self, error: Exception) -> None:
+        if not self.disk.write_failed(error):
+            log.error("the response store %s can't be opened (%s); stored responses are unavailable "
+                      "until it can be", self.path, error)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            checked = db.execute("PRAGMA quick_check").fetchone()[0]
+            if checked != "ok":
+                raise Damaged(f"integrity check: {checked}")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":  # e.g. a file system without shared memory
+                log.warning("the response store runs in journal mode %r, not WAL", mode)
+            self.journal_mode = mode.lower()
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self._db = db
+            try:
+                removed = self._prune()
+            except sqlite3.OperationalError as e:  # a full disk: retention waits for the next save
+                if not self.disk.write_failed(e):
+                    raise
+                removed = 0
+        except BaseException:
+            self._db = None
+            db.close()
+            raise
+        log.info("responses are stored in %s%s", self.path, f" ({removed} past retention removed)" if removed else "")
+        return db
+
+    def writable(self) -> None:
+        """Raises the 507 a request whose response must be stored gets while the disk is full."""
+        if not self.disk.has_room():
+            raise self.no_room()
+
+    def no_room(self) -> APIError:
+        return APIError(507, f"The response can't be stored: the disk under the server's data_dir ({self.disk.path}) "
+                             "is full. Free some space there, or send store: false.",
+                        type="server_error", code="insufficient_storage")
 
     def save(self, response: dict, conversation: list[dict]) -> None:
+        """Raises the 507 APIError when the disk is full (before or while writing); any other
+        sqlite3.Error as it comes. Nothing is written then: the transaction is rolled back."""
+        self.writable()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._open()
+            if db is None:
+                raise sqlite3.OperationalError(f"the response store {self.path} can't be opened")
             try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO responses (id, created_at, response, conversation) VALUES (?, ?, ?, ?)",
-                    (response["id"], response.get("created_at") or int(time.time()),
-                     json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
-                )
-                self._prune()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT OR REPLACE INTO responses (id, created_at, response, conversation) VALUES (?, ?, ?, ?)",
+                        (response["id"], response.get("created_at") or int(time.time()),
+                         json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
+                    )
+                    self._prune()
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if self.disk.write_failed(e):
+                    raise self.no_room() from e
                 raise
+        self.disk.wrote()
 
     def response(self, response_id: str) -> dict | None:
         row = self._row("response", response_id)
@@ -98,8 +188,9 @@ class ResponseStore:
         """The items the response was generated from, oldest first: the conversation it
         continued and its own input (its conversation without its output)."""
         with self._lock:
-            row = self._db.execute("SELECT response, conversation FROM responses WHERE id = ? AND created_at >= ?",
-                                   (response_id, self._oldest())).fetchone()
+            db = self._open()
+            row = db and db.execute("SELECT response, conversation FROM responses WHERE id = ? AND created_at >= ?",
+                                    (response_id, self._oldest())).fetchone()
         if row is None:
             return None
         output, conversation = json.loads(row[0]).get("output") or [], json.loads(row[1])
@@ -107,11 +198,21 @@ class ResponseStore:
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
-            return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+            db = self._open()
+            if db is None:
+                return False
+            try:
+                return db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+            except sqlite3.OperationalError as e:
+                if self.disk.write_failed(e):
+                    raise self.no_room() from e
+                raise
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _oldest(self) -> int:
         """created_at of the oldest response retention keeps (0: all)."""
@@ -131,11 +232,13 @@ class ResponseStore:
 
     def _row(self, column: str, response_id: str):
         with self._lock:
-            row = self._db.execute(f"SELECT {column} FROM responses WHERE id = ? AND created_at >= ?",
-                                   (response_id, self._oldest())).fetchone()
+            db = self._open()
+            row = db and db.execute(f"SELECT {column} FROM responses WHERE id = ? AND created_at >= ?",
+                                    (response_id, self._oldest())).fetchone()
         return row[0] if row else None
 
 
 def open_store(settings) -> ResponseStore:
     return ResponseStore(data_directory(settings.data_dir) / "responses.sqlite3",
-                         settings.responses_max_age_days, settings.responses_max_count)
+                         settings.responses_max_age_days, settings.responses_max_count,
+                         disk=data_disk(settings.data_dir))
