@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.scripted import FAIL, build_scripted_model
-from tests.scripts import JAPANESE_ANSWER, SCRIPTS, STOP_ANSWER, final, thought
+from tests.scripts import JAPANESE_ANSWER, LONG_WORDS, SCRIPTS, STOP_ANSWER, final, thought
 
 FAIL_BEFORE = "Some words before"
 STORY = " ".join(f"tale{i}" for i in range(100))
@@ -205,6 +205,29 @@ def test_error_after_streaming_began_ends_the_stream_cleanly(limited_server):
     assert reply.choices[0].message.content == JAPANESE_ANSWER
     wait_idle(limited_server)
     assert metric(scrape(limited_server), "swallow_turns_total", finish_reason="error") >= 2
+
+
+def test_text_the_tokenizer_would_take_minutes_over_fails_alone(scripted_server):
+    """400 KB of one letter is one tokenizer piece, which openai-harmony would take over a minute
+    to read, holding the event loop (every stream would stall, /health too). It is refused at
+    once, with a 400 in each API's own shape, while a stream beside it goes on to its end."""
+    unbroken = [{"role": "user", "content": "a" * 400_000}]
+    url = scripted_server.url
+    body = {"messages": [{"role": "user", "content": "Write a long essay"}], "stream": True, "max_tokens": 150}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as essay:
+        lines = essay.iter_lines()
+        first = [next(lines) for _ in range(6)]
+        refused = httpx.post(f"{url}/v1/chat/completions", json={"messages": unbroken}, timeout=60)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unbroken_text"
+        assert "400,000 bytes" in refused.json()["error"]["message"]
+        anthropic = httpx.post(f"{url}/v1/messages", json={"max_tokens": 8, "messages": unbroken}, timeout=60)
+        assert anthropic.status_code == 400 and anthropic.json()["error"]["type"] == "invalid_request_error"
+        assert scripted_server.health()["status"] == "ok"
+        events = sse_events(first + list(lines))
+    chunks = [json.loads(e) for e in events[:-1]]
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert events[-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert len(content) > 100 and LONG_WORDS.startswith(content)
 
 
 def test_a_server_bug_mid_stream_still_ends_the_stream():

@@ -59,6 +59,18 @@ def test_seeded_sampler_repeats_and_unseeded_differs():
 
 
 @pytest.mark.parametrize("top_k", [0, 20])
+def test_a_tiny_temperature_picks_the_most_likely_token(top_k):
+    """1 / 1e-40 overflows float32: the sampler must still pick the top token (it once drew an
+    arbitrary one, a masked one included, from NaN logprobs)."""
+    logits = mx.zeros((1, VOCAB)).at[0, 5].add(3.0)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    for temperature in (1e-40, 5e-324):
+        params = SamplingParams(temperature=temperature, top_p=0.95, top_k=top_k, min_p=0.0, seed=1)
+        sample = make_request_sampler(params, vocab_size=VOCAB)
+        assert [sample(logprobs).item() for _ in range(3)] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("top_k", [0, 20])
 def test_tiny_top_p_keeps_the_most_likely_token(top_k):
     logits = mx.arange(VOCAB, dtype=mx.float32)[None] / 100
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)

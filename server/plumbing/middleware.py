@@ -14,8 +14,9 @@
    from any other origin gets 403 (CORS headers alone would let it run, unread).
 4. ApiKey (only with an api_key): /v1/* (and /metrics, with metrics_public = false) wants
    `Authorization: Bearer <key>` or `x-api-key`, else 401.
-5. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string or JSON nested
-   more than MAX_DEPTH levels gets 400; generating endpoints go through admission
+5. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string, JSON nested
+   more than MAX_DEPTH levels, or text the tokenizer would take too long over (text_runs.py)
+   gets 400; generating endpoints go through admission
    (server/plumbing/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
 
 All are plain ASGI middleware: no BaseHTTPMiddleware, so streams pass through unbuffered and
@@ -38,6 +39,7 @@ from server.config import Settings
 from server.plumbing import metrics
 from server.plumbing.admission import Admission, Full
 from server.plumbing.errors import shaped_body, stream_error
+from server.plumbing.text_runs import slow_to_tokenize
 
 log = logging.getLogger("swallow.errors")
 access_log = logging.getLogger("swallow.access")
@@ -328,6 +330,9 @@ class Gate:
             problem = json_problem(body)
             if problem:
                 return await send_error(send, scope, 400, problem)
+            slow = slow_to_tokenize(body)  # before it could hold the event loop for minutes
+            if slow:
+                return await send_error(send, scope, 400, slow, code="unbroken_text")
             if ticket is not None and not await self._wait_for_slot(ticket, receive):
                 return  # left while waiting in the queue: its place is given back below
             await self.app(scope, _replay(body, receive), send)
