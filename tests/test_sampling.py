@@ -53,6 +53,10 @@ def test_seeded_sampler_repeats_and_unseeded_differs():
     assert first == again
     a, b = make_request_sampler(params, VOCAB), make_request_sampler(params, VOCAB)
     assert [a(logprobs).item() for _ in range(5)] == [b(logprobs).item() for _ in range(5)]
+    # without a seed, two requests draw differently (5 uniform draws over 4096 tokens: equal by chance ~1e-18)
+    unseeded = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=None)
+    c, d = make_request_sampler(unseeded, VOCAB), make_request_sampler(unseeded, VOCAB)
+    assert [c(logprobs).item() for _ in range(5)] != [d(logprobs).item() for _ in range(5)]
     huge = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=-(2**70))
     assert 0 <= make_request_sampler(huge, VOCAB)(logprobs).item() < VOCAB
     assert math.isfinite(float(logprobs[0, 0]))

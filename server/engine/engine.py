@@ -45,6 +45,7 @@ from server.engine.sampling import (
     SamplingParams,
     make_request_processors,
 )
+from server.plumbing import metrics
 from server.plumbing.errors import invalid_request
 
 log = logging.getLogger("swallow.engine")
@@ -254,6 +255,7 @@ class Engine:
                 self._admit(batch)
                 self._claim()
                 continue
+            metrics.ENGINE_TOKENS.labels(self.name).inc(len(responses))
             for response in responses:
                 generation = self._active.get(response.uid)
                 if generation is None:
