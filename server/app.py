@@ -73,6 +73,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
                                   "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
                 "kv_memory": registry.kv.describe() if registry.kv is not None else {},
+                "process": metrics.process_memory(),
                 "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]},
                 "disk": disk.describe()}
         if registry.world is not None:  # under mlx.launch: the ranks serving the model

@@ -31,6 +31,8 @@ One registry per process (one server per process; bind() again replaces the mode
 a TurnWatch, so every API that generates is counted the same way.
 """
 
+import resource
+import sys
 import time
 from contextvars import ContextVar
 
@@ -203,3 +205,15 @@ class TurnWatch:
 
     def end(self, end) -> None:
         TURNS.labels(self.model, end.finish_reason).inc()
+
+
+def process_memory() -> dict:
+    """This process's resident memory now (None where /proc can't tell: not Linux) and at its peak."""
+    rss = None
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_bytes": rss, "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}
