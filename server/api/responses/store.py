@@ -168,7 +168,8 @@ class ResponseStore:
                     self._prune()
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:  # a failed COMMIT may have ended it already
+                        db.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as e:
                 if self.disk.write_failed(e):
