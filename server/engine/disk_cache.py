@@ -68,8 +68,9 @@ class DiskCache:
         self._pending: dict[str, tuple[list, list]] = {}  # digest -> (tokens, cache), to write when idle
 
     def wants(self, tokens: list) -> bool:
-        return (len(tokens) >= self.min_tokens and not self.disk.full and tokens_digest(tokens) not in self._pending
-                and not (self.dir / f"{tokens_digest(tokens)}{SUFFIX}").exists())
+        return (len(tokens) >= self.min_tokens and tokens_digest(tokens) not in self._pending
+                and not (self.dir / f"{tokens_digest(tokens)}{SUFFIX}").exists()
+                and (not self.disk.full or self.disk.has_room()))  # full: looked at again (statvfs)
 
     def offer(self, tokens: list, cache: list) -> None:
         """A snapshot worth keeping: written at the next idle moment (write_pending)."""
@@ -95,6 +96,7 @@ class DiskCache:
             except Exception as e:  # a full disk must not take the engine down
                 no_room = self.disk.write_failed(e)  # before the partial file goes: it holds the space
                 partial.unlink(missing_ok=True)
+                self.disk.cleaned_up()
                 if no_room:  # the disk said so (once); the rest waits for room too
                     self._pending.clear()
                     return

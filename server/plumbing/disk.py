@@ -83,6 +83,14 @@ class DataDisk:
                 self._went_full(f"a write failed: {error}")
         return no_room
 
+    def cleaned_up(self) -> None:
+        """The failed write's leftovers (a partial file) are gone: the free space it is measured
+        against for room again is what is free now."""
+        free = self.free_bytes()
+        with self._lock:
+            if self._failed is not None and free is not None:
+                self._failed = (self._failed[0], free)
+
     def wrote(self) -> None:
         """A write succeeded: there is room."""
         with self._lock:
