@@ -48,6 +48,8 @@ def _strings(data):
 def _longest_run(data: bytes) -> int:
     """The longest run of bytes of one class (whitespace, or neither digit nor whitespace):
     every tokenizer piece longer than a digit lies within one."""
+    if not data:
+        return 0
     classes = _CLASS[np.frombuffer(data, dtype=np.uint8)]
     edges = np.flatnonzero(np.diff(classes)) + 1
     bounds = np.concatenate(([0], edges, [len(classes)]))
