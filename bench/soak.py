@@ -52,7 +52,7 @@ async def _client(http: httpx.AsyncClient, i: int, args, counts: dict) -> None:
     if leaves and (i // args.leave_every) % 2 == 0:  # before the first byte
         try:
             await asyncio.wait_for(http.post(path, json=body), timeout=0.05)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException):
             pass
         counts["left"] += 1
         return
@@ -81,8 +81,7 @@ async def _client(http: httpx.AsyncClient, i: int, args, counts: dict) -> None:
 def _ended(path: str, lines: list[str]) -> bool:
     """Whether a stream ended as its API ends a successful one."""
     if path == "/v1/responses":
-        return any(x.startswith("event: response.completed") or x.startswith("event: response.incomplete")
-                   for x in lines)
+        return any(x.startswith(("event: response.completed", "event: response.incomplete")) for x in lines)
     if path == "/v1/messages":
         return "event: message_stop" in lines
     return lines[-1] == "data: [DONE]" and not any(x.startswith('data: {"error"') for x in lines)

@@ -15,8 +15,8 @@ from server.api.responses.store import open_store
 from server.api.tokenize import routes as tokenize
 from server.config import Settings
 from server.plumbing import limits, metrics, middleware
-from server.plumbing.disk import data_disk
 from server.plumbing.admission import Admission
+from server.plumbing.disk import data_disk
 from server.plumbing.errors import (
     document_errors,
     install_error_handlers,
