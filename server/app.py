@@ -21,6 +21,7 @@ from server.api.tokenize import routes as tokenize
 from server.config import Settings
 from server.plumbing import limits, metrics, middleware
 from server.plumbing.admission import Admission
+from server.plumbing.disk import data_disk
 from server.plumbing.errors import (
     document_errors,
     install_error_handlers,
@@ -72,7 +73,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     register_shape("/api", ollama_errors.SHAPE)  # Ollama's under /api
     app.include_router(web_router)  # the chat page at /, its files, /status.json
-    app.state.responses_store = open_store(settings)
+    app.state.responses_store = open_store(settings)  # a damaged file is set aside, a full disk waited out
+    disk = data_disk(settings.data_dir)  # stored responses and prompt-cache snapshots (plumbing/disk.py)
 
     @app.get("/health")
     async def health(request: Request):
@@ -86,7 +88,10 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "prompt_cache": main.engine.cache_stats() if main else {},
                 "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
                                   "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
-                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]}}
+                "kv_memory": registry.kv.describe() if registry.kv is not None else {},
+                "process": metrics.process_memory(),
+                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]},
+                "disk": disk.describe()}
         if toolbox.servers:
             body["mcp_servers"] = {name: server.state for name, server in toolbox.servers.items()}
         if registry.world is not None:  # under mlx.launch: the ranks serving the model

@@ -22,6 +22,7 @@ ENV_PREFIX = "SWALLOW_"
 # Pages these origins serve may call the API by default: this machine's, on any port.
 LOCAL_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]")
                       for scheme in ("http", "https"))
+HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]", re.IGNORECASE)
 ORIGIN_PATTERN = re.compile(r"\*|[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:(\d+|\*))?", re.IGNORECASE)
 
 
@@ -81,6 +82,7 @@ class Settings(BaseModel):
     cors_origins: list[str] = Field(default_factory=lambda: list(LOCAL_ORIGINS))  # see _origins
     max_body_mb: int = Field(16, ge=1)  # larger request bodies get 413
     metrics_public: bool = True  # false: /metrics wants the api_key too
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names served besides loopback; see _allowed_hosts
 
     # [limits]
     max_concurrency: int = Field(0, ge=0)  # requests generating at once; 0: max_batch_size
@@ -188,7 +190,7 @@ class Settings(BaseModel):
 
     @field_validator("browser_allowed_hosts", mode="before")
     @classmethod
-    def _hosts(cls, value):
+    def _browser_hosts(cls, value):
         """A list, or one comma-separated string (environment, command line)."""
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -200,6 +202,22 @@ class Settings(BaseModel):
             raise ValueError("browser_tool with browser_search_backend \"searxng\" needs browser_searxng_url "
                              "(a SearXNG instance, e.g. \"http://127.0.0.1:8888\")")
         return self
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _allowed_hosts(cls, value):
+        """A list, or one comma-separated string. Each entry is a host name or address as a
+        `Host` header carries it, without the port ("myhost.lan", "192.168.1.20", "[fe80::1]"),
+        "*.example.lan" (the names under it), or "*" (every name: no Host check)."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for host in value:
+                if not isinstance(host, str) or not HOST_PATTERN.fullmatch(host):
+                    raise ValueError(f"{host!r} is not a host name like myhost.lan, 192.168.1.20, [fe80::1], "
+                                     "*.example.lan or *")
+            value = [host.lower() for host in value]
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -222,7 +240,7 @@ class Settings(BaseModel):
 # and docs/configuration.md agree.
 TABLES: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "ollama_port", "log_level"),
-    "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public"),
+    "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public", "allowed_hosts"),
     "limits": ("max_concurrency", "max_queue", "shutdown_timeout", "max_messages"),
     "model": ("model", "served_model_name", "trust_remote_code", "context_length", "model_identity",
               "knowledge_cutoff"),

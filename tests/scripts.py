@@ -95,30 +95,30 @@ THINK_LONG_ANSWER = "I thought it through."
 SCRIPTS["Think for a long time"] = thought(THINK_LONG, THINK_LONG_ANSWER)
 
 
-def _loop_reasoning() -> tuple[str, str, int]:
-    """(the looping analysis, the answer after it, the token at which the default loop guard
-    fires). The loop is scripted to last exactly 6 tokens past that point (the length of the
-    forced `<|end|><|start|>assistant<|channel|>final<|message|>`), so that with the guard the
-    answer lands in the final channel, and without it in the analysis."""
-    import toktok
+# The loop guard's firing point, pinned from its documented rule (config.toml, [reasoning]) rather
+# than computed with the server's own detector: the analysis below repeats one phrase of p <= 32
+# tokens from its first token, so with the defaults (4 repeats, 128 tokens) the repetition is a
+# loop once it covers max(4 p, 128) = 128 tokens.
+LOOP_FIRES_AT = 128
 
-    from server.config import Settings
-    from server.engine.reasoning_control import LoopDetector, LoopSettings
+
+def _loop_reasoning() -> tuple[str, str]:
+    """(the looping analysis, the answer after it). The loop is scripted to last exactly 6
+    tokens past LOOP_FIRES_AT (the length of the forced `<|end|><|start|>assistant<|channel|>final<|message|>`),
+    so that with the guard the answer lands in the final channel, and without it in the analysis."""
+    import toktok
 
     vocabulary = toktok._encoding("o200k_harmony")
     phrase = vocabulary.encode(" I will check the sum again.")
-    settings = Settings()
-    detector = LoopDetector(LoopSettings(settings.loop_max_period, settings.loop_min_repeats,
-                                         settings.loop_min_tokens))
-    tokens = phrase * (settings.loop_min_tokens // len(phrase) + settings.loop_min_repeats + 2)
-    fires = next(n for n, t in enumerate(tokens, 1) if detector.feed(t))
+    assert len(phrase) <= 32 and len(set(phrase)) == len(phrase)  # one short period, no shorter one inside
+    tokens = phrase * (LOOP_FIRES_AT // len(phrase) + 6)
     answer = "\n\nThe answer is 42."
-    loop = vocabulary.decode(tokens[:fires + 6])
-    assert vocabulary.encode(loop + answer) == tokens[:fires + 6] + vocabulary.encode(answer)
-    return loop, answer, fires
+    loop = vocabulary.decode(tokens[:LOOP_FIRES_AT + 6])
+    assert vocabulary.encode(loop + answer) == tokens[:LOOP_FIRES_AT + 6] + vocabulary.encode(answer)
+    return loop, answer
 
 
-LOOP_REASONING, LOOP_ANSWER, LOOP_FIRES_AT = _loop_reasoning()
+LOOP_REASONING, LOOP_ANSWER = _loop_reasoning()
 SCRIPTS["Think in circles"] = f"<|channel|>analysis<|message|>{LOOP_REASONING}{LOOP_ANSWER}<|return|>"
 
 # structured output: a reply whose answer is the JSON asked for, and one that won't write JSON

@@ -82,3 +82,21 @@ def test_tool_loop_bench_runs_a_round_trip_both_ways(cache_dir, tmp_path):
     server, client = rounds["server"][0], rounds["client"][0]
     assert server["tool"] > 0 and client["tool"] > 0
     assert client["prompt"] > server["prompt"] > 300  # the client sent the conversation twice
+
+
+def test_soak_runs_rounds_of_mixed_load_and_reports_memory(cache_dir, tmp_path):
+    numbers = tmp_path / "soak.json"
+    done = subprocess.run([sys.executable, "-m", "bench.soak", "--model", "demo", "--rounds", "2", "--clients", "8",
+                           "--max-tokens", "8", "--plot", str(tmp_path / "soak.png"), "--json", str(numbers)],
+                          cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "| round | seconds | ok | failed | walked away | RSS MiB | MLX MiB | prompt cache MiB |" in out
+    rounds = json.loads(numbers.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:  # every client of the mix was served or walked away as planned
+        assert (r["ok"], r["failed"], r["left"]) == (6, 0, 2)
+        assert r["rss_mb"] > 0 and r["mlx_mb"] > 0 and r["prompt_cache_mb"] > 0
+    # the plot, or why there is none
+    assert (tmp_path / "soak.png").exists() or "matplotlib is not installed" in out

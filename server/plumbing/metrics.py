@@ -14,6 +14,9 @@
 - swallow_model_loaded{model}, swallow_model_weights_bytes{model}, swallow_requests_waiting_for_model{model},
   swallow_model_loads_total{model}, swallow_model_unloads_total{model,reason}: the models (server/registry/)
 - tokens, times and turns carry the `model` label too
+- swallow_engine_generations_total{model,reason}: generations the engine ended (stop, length,
+  cancelled: its client left or stopped listening, error); swallow_engine_tokens_total{model}: the
+  tokens the engine generated, read by a client or not (a generation nobody reads must stop)
 - swallow_prompt_cache_hits_total, swallow_prompt_cache_reused_tokens_total: turns whose prompt
   started from the prompt cache, and the prompt tokens it saved
 - swallow_reasoning_stops_total{reason}: analyses the server ended and turned into the answer,
@@ -32,6 +35,8 @@ One registry per process (one server per process; bind() again replaces the mode
 a TurnWatch, so every API that generates is counted the same way.
 """
 
+import resource
+import sys
 import time
 from contextvars import ContextVar
 
@@ -82,6 +87,10 @@ CACHE_HITS = Counter("swallow_prompt_cache_hits", "Turns whose prompt started fr
                      registry=REGISTRY)
 CACHE_TOKENS = Counter("swallow_prompt_cache_reused_tokens", "Prompt tokens taken from the prompt cache "
                        "instead of being computed", ["model"], registry=REGISTRY)
+ENGINE_ENDS = Counter("swallow_engine_generations", "Generations the engine ended, by model and how (stop, "
+                      "length, cancelled, error)", ["model", "reason"], registry=REGISTRY)
+ENGINE_TOKENS = Counter("swallow_engine_tokens", "Tokens the engine generated, read by a client or not", ["model"],
+                        registry=REGISTRY)
 MODEL_LOADS = Counter("swallow_model_loads", "Times a model was loaded", ["model"], registry=REGISTRY)
 MODEL_UNLOADS = Counter("swallow_model_unloads", "Times a model was unloaded, by why (keep_alive, room, request)",
                         ["model", "reason"], registry=REGISTRY)
@@ -214,3 +223,15 @@ class TurnWatch:
 
     def end(self, end) -> None:
         TURNS.labels(self.model, end.finish_reason).inc()
+
+
+def process_memory() -> dict:
+    """This process's resident memory now (None where /proc can't tell: not Linux) and at its peak."""
+    rss = None
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_bytes": rss, "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}

@@ -59,6 +59,8 @@ async def create_response(body: ResponsesRequest, request: Request):
         check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
     body.input = resolve_references(store, body.input)
+    if body.store:
+        store.writable()  # a full disk: 507 now, before anything is generated
     resolved = await resolve_turn(request, translate(body, history), settings)
     (turn,) = await open_turns(state, resolved)
     shell = ResponseShell(body, state.model_id, resolved.prompt.effort, resolved.sampling)
@@ -68,15 +70,20 @@ async def create_response(body: ResponsesRequest, request: Request):
     listing = builder.listings(resolved.server_tools.toolset, listed_servers([*history, *(body.input or [])]))
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
-    def save(response: dict) -> None:
+    def save(response: dict) -> APIError | None:
         """Synchronous on purpose: it also runs while a stream is being closed or cancelled.
-        The response's own items (its input and output) are indexed for item_reference."""
+        The response's own items (its input and output) are indexed for item_reference. The 507
+        when the disk filled up before the response could be stored."""
         if body.store and response["status"] != "failed":
             try:
                 store.save(response, conversation + builder.output,
                            own_items=conversation[len(history):] + builder.output)
+            except APIError as e:
+                log.warning("response %s was not stored: %s", response["id"], e.message)
+                return e
             except sqlite3.Error:
                 log.exception("could not store response %s", response["id"])
+        return None
 
     def finished(end: TurnEnd) -> dict:
         problem = turn.plan.problem(end, turn.limit)  # structured output that can't be given
@@ -85,7 +92,10 @@ async def create_response(body: ResponsesRequest, request: Request):
         if problem:
             error = {"code": problem.code, "message": problem.message}
         response = {**shell.snapshot(status, builder.output, end, error), **turn.fields()}
-        save(response)
+        unstored = save(response)
+        if unstored is not None:  # what a continuation needs is missing: the response failed
+            response = {**response, "status": "failed", "completed_at": None,
+                        "error": {"code": unstored.code, "message": unstored.message}}
         return response
 
     def interrupted() -> None:
@@ -112,7 +122,10 @@ async def create_response(body: ResponsesRequest, request: Request):
         builder.feed(event)
     builder.finish(end)
     turn.raise_for(end)
-    return finished(end)
+    response = finished(end)
+    if (response["error"] or {}).get("code") == "insufficient_storage":
+        raise store.no_room()
+    return response
 
 
 def resolve_references(store: ResponseStore, items: list | None) -> list | None:
