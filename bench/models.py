@@ -176,10 +176,85 @@ def bench_models(bits: int = 6) -> tuple[BenchModel, BenchModel]:
             describe(quant_dir, f"bench-small ({bits}-bit)"))
 
 
+# ---- the near-free model (bench/nearfree_arch.py) -----------------------------------------
+
+NEAR_FREE_NAME = "near-free-v1"  # bump when the replies or the architecture change
+NEAR_FREE_ARCH = Path(__file__).with_name("nearfree_arch.py")
+TOOL = "read_file"  # the tool an agent's reply calls (the bench declares it)
+TOOL_ARGUMENTS = '{"path":"notes.txt"}'
+TOOL_TRIGGER = "namespace"  # in a developer message that declares tools
+ANALYSIS_WORDS = 12  # the analysis before the answer or the call
+
+
+def near_free_replies(encoding) -> tuple[list, int]:
+    """([chat reply, agent reply], the trigger token) as token ids, each reply a whole assistant
+    turn after `<|start|>assistant`, exactly as harmony renders it when it comes back in a
+    history (so that a continued conversation matches its cache token for token):
+
+    - chat: a short analysis, then a final answer that goes round the 64 bench words for ever
+      (a decode runs until its token limit);
+    - agent (the request declares tools): a short analysis, then a call to read_file, ending in
+      `<|call|>`."""
+    from openai_harmony import Conversation
+
+    from server.harmony import render as harmony
+
+    def ids(text: str) -> list:
+        return encoding.encode(text, allowed_special="all")
+
+    words = [ids(" " + w) for w in CYCLE_WORDS]
+    if any(len(w) != 1 for w in words):
+        raise RuntimeError("the bench words must be one token each")
+    analysis = "".join(" " + w for w in CYCLE_WORDS[:ANALYSIS_WORDS])
+    chat_head = ids(f"<|channel|>analysis<|message|>{analysis}<|end|><|start|>assistant<|channel|>final<|message|>")
+    chat = {"tokens": chat_head + [w[0] for w in words], "repeat_from": len(chat_head)}
+    # The call as harmony renders an assistant's tool call (recipient before the channel).
+    turn = [harmony.user("x"), harmony.assistant_reasoning(analysis), harmony.tool_call(TOOL, TOOL_ARGUMENTS)]
+    rendered = encoding.render_conversation(Conversation.from_messages(turn))
+    opening = ids("<|start|>user<|message|>x<|end|><|start|>assistant")
+    if rendered[: len(opening)] != opening:
+        raise RuntimeError("harmony renders a user message differently than expected")
+    agent = {"tokens": rendered[len(opening):], "repeat_from": -1}
+    if agent["tokens"][-1] != ids("<|call|>")[0]:
+        raise RuntimeError("harmony's rendering of a tool call does not end in <|call|>")
+    (trigger,) = ids(TOOL_TRIGGER)
+    return [chat, agent], trigger
+
+
+def near_free_model() -> BenchModel:
+    """The near-free model's directory (built once under the cache directory): its architecture
+    file, the o200k_harmony tokenizer files, the replies as token ids."""
+    import mlx.core as mx
+
+    from models import vocab
+
+    root = cache_dir() / "bench"
+    dst = root / NEAR_FREE_NAME
+    if not (dst / "config.json").is_file():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        vocab.write_tokenizer_files(tmp)
+        replies, trigger = near_free_replies(vocab.load_harmony_encoding_offline(tmp))
+        config = {"model_type": "nearfree", "model_file": "nearfree_model.py", "vocab_size": 201088,
+                  "max_position_embeddings": 131072, "eos_token_id": [200002, 200012],
+                  "torch_dtype": "float32", "replies": replies, "trigger": trigger}
+        (tmp / "config.json").write_text(json.dumps(config))
+        shutil.copyfile(NEAR_FREE_ARCH, tmp / "nearfree_model.py")
+        mx.save_safetensors(str(tmp / "model.safetensors"), {"anchor": mx.zeros((1,))})
+        (tmp / "README.md").write_text("# swallow-server near-free bench model\n\nBuilt by `python -m bench`; "
+                                       "delete this directory to have it rebuilt.\n")
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+    return describe(dst, "near-free")
+
+
 def resolve(spec: str) -> tuple[BenchModel, BenchModel | None]:
     """(the model for the main comparison, a quantized model for the 6-bit comparison or None)."""
     if spec == "bench-small":
         return bench_models()
+    if spec == "near-free":
+        return near_free_model(), None
     if spec == "demo":
         from models.demo import demo_model_dir
 

@@ -76,6 +76,10 @@ class HttpSystem:
     def memory(self) -> float:
         return self.server.peak_rss_mb()
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all its threads)."""
+        return self.server.cpu_seconds()
+
     def blas(self) -> str:
         return self.server.blas()
 
@@ -111,6 +115,10 @@ class RawSystem:
 
     def memory(self) -> float:
         return self.worker.call("memory")["peak_rss_mb"]
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (all its threads)."""
+        return self.worker.cpu_seconds()
 
     def blas(self) -> str:
         return self.worker.blas()
