@@ -116,6 +116,14 @@ def test_budget_ends_the_analysis_and_the_answer_follows(scripted_server):
     assert (streamed["completion_tokens"], streamed["completion_tokens_details"]) == (
         usage["completion_tokens"], usage["completion_tokens_details"])
 
+    # With logprobs the control shapes the logits as a processor; without, the engine puts the
+    # tokens that end the analysis into the reply itself: the same reply either way.
+    probed = chat(scripted_server, "Think for a long time", reasoning={"max_tokens": 50}, logprobs=True).json()
+    assert probed["choices"][0]["message"] == choice["message"]
+    assert probed["choices"][0]["reasoning_stopped"] == "budget"
+    assert probed["usage"]["completion_tokens_details"] == usage["completion_tokens_details"]
+    assert probed["usage"]["completion_tokens"] == usage["completion_tokens"]
+
 
 def test_budget_counts_reasoning_only_and_max_tokens_bounds_the_whole(scripted_server):
     reply = chat(scripted_server, "Think for a long time", reasoning={"max_tokens": 50}, max_tokens=80).json()

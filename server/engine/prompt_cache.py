@@ -147,7 +147,10 @@ class PromptCache:
         processed as the first generation step)."""
         if self.store is None:
             return
-        uids = [r.uid for r in prompt_responses if r.end_of_segment and not r.end_of_prompt]
+        uids = [r.uid for r in prompt_responses if r.end_of_segment and not r.end_of_prompt
+                and not getattr(active.get(r.uid), "rejoining", False)]  # forced tokens: mid-reply
+        if not uids:
+            return
         for uid, (cache, tokens) in batch.extract_cache(uids).items():
             self.keep(tokens, cache, room)
             generation = active.get(uid)
