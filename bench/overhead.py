@@ -24,6 +24,7 @@ swallow-server makes of the messages), greedy. Each figure is the best of its ro
 """
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -209,7 +210,7 @@ def measure(started: dict, plan: Plan, workload: prompts.Workload, renderer: pro
                              for i, key in enumerate(live)}
             each("agent turns", lambda key, s: agent_turns(s, conversations[key], plan))
             runs.log(f"round {round + 1}: " + "; ".join(
-                f"{s.name} {_round_summary(results[k])}" for k, s in live.items()))
+                f"{s.name} {_round_summary(results[k], plan.streams)}" for k, s in live.items()))
         for key, s in live.items():
             results[key]["peak_rss_mb"] = s.memory()
     finally:
@@ -218,13 +219,13 @@ def measure(started: dict, plan: Plan, workload: prompts.Workload, renderer: pro
     return results
 
 
-def _round_summary(r: dict) -> str:
+def _round_summary(r: dict, streams: int) -> str:
     def last(name):
         values = r["samples"].get(name) or [float("nan")]
         return values[-1]
     return (f"{last('decode_tps'):.0f} tok/s, CPU {last('cpu_ms_per_token_1'):.2f} / "
-            f"{last('cpu_ms_per_token_16'):.2f} ms a token, agent turn {1000 * last('agent_ttft_s'):.0f} ms, "
-            f"continued {1000 * last('continued_ttft_s'):.0f} ms")
+            f"{last(f'cpu_ms_per_token_{streams}'):.2f} ms a token (1 / {streams} streams), agent turn "
+            f"{1000 * last('agent_ttft_s'):.0f} ms, continued {1000 * last('continued_ttft_s'):.0f} ms")
 
 
 # ---- the report -------------------------------------------------------------------------
@@ -353,18 +354,27 @@ def parse_args(argv):
     p.add_argument("--stream-tokens", type=int, default=None, help="tokens per stream of 16 (default 200)")
     p.add_argument("--system-tokens", type=int, default=None, help="the agent's system prompt (default 5000)")
     p.add_argument("--agent-turns", type=int, default=None, help="warm agent turns (default 4)")
+    p.add_argument("--streams", type=int, default=None, help="the many-streams figure's count (default 16)")
     p.add_argument("--skip-mlx-server", action="store_true")
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--log-dir")
+    p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
 
 def plan_from(args) -> Plan:
-    plan = Plan(decode_tokens=300, stream_tokens=60, rounds=1, agent_turns=2) if args.quick else Plan()
+    plan = default_plan(args.quick)
     for name, attr in (("rounds", "rounds"), ("tokens", "decode_tokens"), ("stream_tokens", "stream_tokens"),
-                       ("system_tokens", "system_tokens"), ("agent_turns", "agent_turns")):
-        if getattr(args, name, None) is not None:
+                       ("system_tokens", "system_tokens"), ("agent_turns", "agent_turns"), ("streams", "streams")):
+        if getattr(args, name) is not None:
             setattr(plan, attr, getattr(args, name))
+    return plan
+
+
+def default_plan(quick: bool = False, rounds: int | None = None) -> Plan:
+    plan = Plan(decode_tokens=300, stream_tokens=60, rounds=1, agent_turns=2) if quick else Plan()
+    if rounds is not None:
+        plan.rounds = rounds
     return plan
 
 
@@ -379,6 +389,8 @@ def main(argv=None) -> int:
     print(f"\n{'=' * 100}\nServer overhead on the near-free model ({(time.perf_counter() - started) / 60:.1f} min; "
           f"load average now {system.load_average():.2f})")
     print_section(results, errors, plan)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "errors": errors, "plan": vars(plan)}, indent=2))
     return 1 if "swallow" in errors else 0
 
 
