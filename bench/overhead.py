@@ -152,12 +152,12 @@ def agent_turns(s, conversation: AgentConversation, plan: Plan) -> dict:
         cached = [t["cached_tokens"] for t in r["turns"]]
     else:
         ttfts, cached = [], []
+        url, n = s.server.url, plan.turn_reply_tokens
         for i, messages in enumerate([*conversation.turns, conversation.continued]):
             if s.chat:
-                make = lambda c, m=messages: client.chat_stream(c, s.server.url, m, plan.turn_reply_tokens, TOOLS)  # noqa: E731
+                r = client.run_one(lambda c, m=messages: client.chat_stream(c, url, m, n, TOOLS))
             else:
-                make = lambda c, t=rendered[i].text: client.completion_stream(c, s.server.url, t, plan.turn_reply_tokens)  # noqa: E731
-            r = client.run_one(make)
+                r = client.run_one(lambda c, t=rendered[i].text: client.completion_stream(c, url, t, n))
             if s.chat and (r.tool_calls != [[models.TOOL, models.TOOL_ARGUMENTS]] or "".join(r.reasoning) != ANALYSIS):
                 raise RuntimeError(f"unexpected agent reply: reasoning {''.join(r.reasoning)!r}, calls {r.tool_calls}")
             ttfts.append(r.ttft_s)
@@ -266,10 +266,9 @@ def targets(r: dict, streams: int = 16) -> list:
         key = f"cpu_ms_per_token_{n}"
         a, b = s.get(key), w.get(key)
         x = None if a is None or b is None else a - b
+        rounds = report._rounds([("swallow", report.spread(s, key, " ms")), ("raw", report.spread(w, key, " ms"))])
         check(f"server CPU per token ≤ raw + 0.15 ms, {n} stream{'s' if n > 1 else ''}", x,
-              x is not None and x <= 0.15,
-              f"+{x:.3f} ms ({a:.3f} vs {b:.3f})" + report._rounds(
-                  [("swallow", report.spread(s, key, " ms")), ("raw", report.spread(w, key, " ms"))]) if x is not None else "")
+              x is not None and x <= 0.15, f"+{x:.3f} ms ({a:.3f} vs {b:.3f}){rounds}" if x is not None else "")
     x = report.ratio(s.get("decode_tps"), w.get("decode_tps"))
     check("near-free decode ≥ 0.95× raw generate_step", x, x is not None and x >= 0.95, f"{x:.3f}×" + report._rounds(
         [("swallow", report.spread(s, "decode_tps")), ("raw", report.spread(w, "decode_tps"))]) if x else "")
@@ -335,8 +334,8 @@ def print_section(results: dict, errors: dict, plan: Plan) -> None:
           f"{plan.stream_tokens} each; server CPU per token = the serving process's CPU time (user + system, all "
           "threads) while generating, over the tokens it generated (raw mlx-lm: its own process around "
           "generate_step / BatchGenerator); the 'over' columns are ms added per token. Agent conversation: a "
-          f"~{plan.system_tokens}-token system prompt with {len(TOOLS)} tools, then {plan.agent_turns} warm turns, each "
-          f"adding the reply's tool call, a ~{plan.tool_result_tokens}-token tool result and a user message; the "
+          f"~{plan.system_tokens}-token system prompt with {len(TOOLS)} tools, then {plan.agent_turns} warm turns, "
+          f"each adding the reply's tool call, a ~{plan.tool_result_tokens}-token tool result and a user message; the "
           "continued turn adds only the last call's result. TTFT = time to the first visible reasoning text.")
     for line in notes(results):
         print(line)

@@ -13,8 +13,8 @@ from tests.conftest import ROOT
 def test_bench_quick_on_demo(cache_dir, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--model", "demo", "--quick", "--skip-mlx-server", "--skip-near-free", "--tokens", "4",
-         "--stream-tokens", "4", "--streams", "1,2", "--prefix-tokens", "200", "--reply-tokens", "6",
+        [sys.executable, "-m", "bench", "--model", "demo", "--quick", "--skip-mlx-server", "--skip-near-free",
+         "--tokens", "4", "--stream-tokens", "4", "--streams", "1,2", "--prefix-tokens", "200", "--reply-tokens", "6",
          "--log-dir", str(tmp_path / "logs"), "--json", str(out)],
         cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
         capture_output=True, text=True, timeout=120,

@@ -310,7 +310,7 @@ class Engine:
         mode ending an analysis): the row leaves the batch with its cache and joins again with
         the tokens as a prompt to read; the token the batch was computing for it is dropped.
         A copy of the row's cache, once per reply at most."""
-        (cache, context), = batch.remove([generation.uid], return_prompt_caches=True).values()
+        cache, context = batch.remove([generation.uid], return_prompt_caches=True)[generation.uid]
         del self._active[generation.uid]
         tokens = tokens[: generation.max_tokens - generation.delivered]
         for token in tokens:
@@ -324,8 +324,8 @@ class Engine:
             return
         generation.rejoining = True
         try:
-            (uid,) = batch.insert_segments([[tokens]], caches=[cache], all_tokens=[list(context)], max_tokens=[left],
-                                           samplers=[generation.row_sampler],
+            (uid,) = batch.insert_segments([[tokens]], caches=[cache], all_tokens=[list(context)],
+                                           max_tokens=[left], samplers=[generation.row_sampler],
                                            logits_processors=[generation.row_processors])
         except Exception as e:
             log.exception("could not put forced tokens into a reply")
