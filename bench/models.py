@@ -1,4 +1,9 @@
-"""The models a benchmark runs on: a --model spec, or the built-in bench model.
+"""The models a benchmark runs on: a --model spec, or the built-in ones.
+
+- `bench-small` (below): the default of `python -m bench`;
+- the near-free model (`near_free_model`, bench/nearfree_arch.py): a model that costs almost
+  nothing, so the server's own work shows (bench/overhead.py);
+- `random_gpt_oss`: gpt-oss-20b's architecture and sizes with random weights, 6-bit (bench/gpu.sh).
 
 `bench-small` is a random-weight gpt_oss big enough that compute, not Python overhead,
 dominates a decode step on CPU (the 201088-row lm_head alone is ~200 MB in float32), small

@@ -3,7 +3,7 @@ context, so that a step costs almost nothing and what a server adds around it sh
 
 mlx-lm loads this file by path as the `model_file` of a model directory (bench/models.py builds
 it; trust_remote_code), so it goes through mlx-lm's real loading, KV caches and BatchGenerator.
-It keeps the token ids themselves in its one KV cache layer (4 bytes a token, keys and values)
+It keeps the token ids themselves in its one KV cache layer (as float32 keys and values: 8 bytes a token)
 and, at every forward pass, for every row at once:
 
 - finds where the reply being written began: the first `<|start|>assistant` after the last
