@@ -8,9 +8,12 @@
 Measures decode tokens/s for one stream; aggregate tokens/s for 1, 4, 8 and 16 concurrent
 streams; time to first token for a conversation with a ~2,000-token shared prefix, cold (turn 1)
 and warm (turn 2, after a turn-1 reply longer than the 128-token sliding window); peak memory;
-and, on a quantized model, decode speed against mlx-lm's default (bf16 activations); then the
-built-in tools (bench.builtin_tools: the python sandbox's start and a warm call, a browser open). Prints a
-table of absolute figures and ratios, and which targets were met.
+and, on a quantized model, decode speed against mlx-lm's default (bf16 activations). Then, on the
+near-free model (bench/overhead.py: a model that costs almost nothing, so the server's own work
+shows, as it does on a fast Mac), the server's CPU per token at 1 and 16 streams, one stream's
+decode, and an agent's warm turn and continued turn; then the built-in tools (bench.builtin_tools:
+the python sandbox's start and a warm call, a browser open). Prints tables of absolute figures and
+ratios, and which targets were met.
 """
 
 import argparse
@@ -20,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import models, prompts, report, runs, system
-from bench import builtin_tools
+from bench import builtin_tools, models, overhead, prompts, report, runs, system
 
 
 def parse_args(argv):
@@ -51,6 +53,8 @@ def parse_args(argv):
                    help="preload Debian's OpenBLAS (libopenblas0-pthread) into every process (auto: when installed)")
     p.add_argument("--compare-blas", action=argparse.BooleanOptionalAction, default=None,
                    help="also run swallow-server without OpenBLAS, 1 and 8 streams (default: on unless --quick)")
+    p.add_argument("--skip-near-free", action="store_true",
+                   help="skip the server-overhead figures on the near-free model (bench/overhead.py)")
     p.add_argument("--skip-tools", action="store_true",
                    help="don't measure the built-in tools (python sandbox, browser: bench.builtin_tools)")
     p.add_argument("--json", help="also write all results to this file")
@@ -174,9 +178,13 @@ def main(argv=None) -> int:
                     "with_1": pair["with"]["streams"][1], "without_1": pair["without"]["streams"][1],
                     "blas": {k: pair[k].get("blas") for k in pair}}
 
+    near_free, near_free_errors, near_plan = {}, {}, overhead.default_plan(args.quick, args.repeat)
+    if not args.skip_near_free:
+        print("\n[4] near-free model: the server's own work per token and per turn", flush=True)
+        near_free, near_free_errors = overhead.run(near_plan, log_dir, args.skip_mlx_server, args.skip_raw)
     tools = None
     if not args.skip_tools:
-        print("\n[4] built-in tools: the python sandbox's start and a warm call, a browser open", flush=True)
+        print("\n[5] built-in tools: the python sandbox's start and a warm call, a browser open", flush=True)
         try:
             tools = builtin_tools.measure(rounds=3)
         except Exception as e:  # the tools' own failure, reported; the model figures stand
@@ -185,6 +193,9 @@ def main(argv=None) -> int:
     machine["load_after"] = system.load_average()
     elapsed = time.perf_counter() - started
     print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed)
+    if not args.skip_near_free:
+        print("\n" + "=" * 100 + "\nThe server's own work, on the near-free model\n")
+        overhead.print_section(near_free, near_free_errors, near_plan)
     if tools is not None:
         print("\nBuilt-in tools (python -m bench.builtin_tools):")
         print(f"FAILED: {tools['error']}" if "error" in tools else builtin_tools.report(tools))
@@ -192,9 +203,10 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({
             "machine": machine, "openblas": openblas, "model": str(main_model.path), "args": vars(args),
             "results": results, "quantized": quant, "blas_comparison": blas, "errors": errors, "elapsed_s": elapsed,
+            "near_free": {"results": near_free, "errors": near_free_errors, "plan": vars(near_plan)},
             "tools": tools,
         }, indent=2, default=str))
-    return 1 if "swallow" in errors else 0
+    return 1 if "swallow" in errors or "swallow" in near_free_errors else 0
 
 
 def print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed):

@@ -36,6 +36,7 @@ class StreamResult:
     chunks: int = 0  # chunks with visible text
     retries: int = 0  # connections reset before any answer, and retried
     times: list = field(default_factory=list)  # perf_counter of each chunk with text
+    tool_calls: list = field(default_factory=list)  # [name, arguments] of each call streamed
 
     @property
     def ttft_s(self) -> float:
@@ -83,10 +84,13 @@ async def _post_events(client: httpx.AsyncClient, url: str, body: dict, name: st
             await asyncio.sleep(0.01 * (attempt + 1))
 
 
-async def chat_stream(client: httpx.AsyncClient, url: str, messages: list, max_tokens: int) -> StreamResult:
+async def chat_stream(client: httpx.AsyncClient, url: str, messages: list, max_tokens: int,
+                      tools: list | None = None) -> StreamResult:
     """swallow-server: /v1/chat/completions."""
     body = {"messages": messages, "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": max_tokens, "temperature": 0}
+    if tools:
+        body["tools"] = tools
     result = StreamResult(sent=time.perf_counter())
     async for event in _post_events(client, f"{url}/v1/chat/completions", body, "swallow-server", result):
         now = time.perf_counter()
@@ -105,6 +109,12 @@ async def chat_stream(client: httpx.AsyncClient, url: str, messages: list, max_t
                 result.chunks += 1
                 result.times.append(now)
                 (result.reasoning if reasoning else result.content).append(reasoning or content)
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                if function.get("name"):
+                    result.tool_calls.append([function["name"], ""])
+                if function.get("arguments") and result.tool_calls:
+                    result.tool_calls[-1][1] += function["arguments"]
             if choice.get("finish_reason"):
                 result.last = now
     return _checked(result, "swallow-server")

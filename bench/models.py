@@ -1,4 +1,9 @@
-"""The models a benchmark runs on: a --model spec, or the built-in bench model.
+"""The models a benchmark runs on: a --model spec, or the built-in ones.
+
+- `bench-small` (below): the default of `python -m bench`;
+- the near-free model (`near_free_model`, bench/nearfree_arch.py): a model that costs almost
+  nothing, so the server's own work shows (bench/overhead.py);
+- `random_gpt_oss`: gpt-oss-20b's architecture and sizes with random weights, 6-bit (bench/gpu.sh).
 
 `bench-small` is a random-weight gpt_oss big enough that compute, not Python overhead,
 dominates a decode step on CPU (the 201088-row lm_head alone is ~200 MB in float32), small
@@ -96,16 +101,10 @@ def _stored_float_dtype(path: Path) -> str:
     return "unknown"
 
 
-def _edit_weights(path: Path, sizes: dict, seed: int) -> None:
-    """The chain and the silenced specials (see the module docstring)."""
+def _chained(embed, head, hidden: int, seed: int):
+    """(embed, head) with the chain and the silenced specials (see the module docstring)."""
     import mlx.core as mx
 
-    files = sorted(path.glob("model*.safetensors"))
-    weights = {}
-    for f in files:
-        weights.update(mx.load(str(f)))
-    embed, head = weights["model.embed_tokens.weight"], weights["lm_head.weight"]
-    hidden = sizes["hidden_size"]
     key = mx.random.key(seed + 1)
     # One direction per token to predict: tokens that lead to the same one share it.
     targets = sorted(set(NEXT.values()))
@@ -116,7 +115,19 @@ def _edit_weights(path: Path, sizes: dict, seed: int) -> None:
         head[following] = (HEAD_SCALE * directions[i]).astype(head.dtype)
     for token, following in NEXT.items():
         embed[token] = (EMBED_NORM * directions[targets.index(following)]).astype(embed.dtype)
-    weights["model.embed_tokens.weight"], weights["lm_head.weight"] = embed, head
+    return embed, head
+
+
+def _edit_weights(path: Path, sizes: dict, seed: int) -> None:
+    """The chain and the silenced specials, in a built model's weights file."""
+    import mlx.core as mx
+
+    files = sorted(path.glob("model*.safetensors"))
+    weights = {}
+    for f in files:
+        weights.update(mx.load(str(f)))
+    weights["model.embed_tokens.weight"], weights["lm_head.weight"] = _chained(
+        weights["model.embed_tokens.weight"], weights["lm_head.weight"], sizes["hidden_size"], seed)
     mx.eval(weights)
     if len(files) != 1:
         raise RuntimeError(f"expected one weights file in {path}, found {len(files)}")
@@ -176,10 +187,161 @@ def bench_models(bits: int = 6) -> tuple[BenchModel, BenchModel]:
             describe(quant_dir, f"bench-small ({bits}-bit)"))
 
 
+# ---- a gpt-oss-20b-shaped model with random weights, quantized (bench/gpu.sh) ----------------
+
+GPT_OSS_20B = dict(  # openai/gpt-oss-20b's config.json
+    hidden_size=2880,
+    intermediate_size=2880,
+    num_hidden_layers=24,
+    num_local_experts=32,
+    num_experts_per_tok=4,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    head_dim=64,
+    sliding_window=128,
+)
+RANDOM_SIZES = {"full": GPT_OSS_20B, "small": BENCH_SIZES}
+
+
+def random_gpt_oss(size: str = "full", bits: int = 6) -> BenchModel:
+    """gpt-oss-20b's architecture at `size` ("full": its real sizes, 21B parameters; "small":
+    bench-small's) with random weights and bench-small's chain (so that greedy replies are
+    harmony), quantized as real conversions are (affine, group 64, router at 8 bits, bf16
+    scales). Built once under the cache directory, in memory: the float weights are never
+    written (a full-size bf16 copy would be 42 GB), only the quantized model (~16 GB at 6 bits)."""
+    root = cache_dir() / "bench"
+    dst = root / f"gpt-oss-{size}-random-{bits}bit-v1"
+    if not (dst / "config.json").is_file():
+        print(f"Building a {size}-size gpt-oss with random weights, {bits}-bit, in {dst} (one time)...", flush=True)
+        _build_random_quantized(dst, RANDOM_SIZES[size], bits)
+    label = "gpt-oss-20b" if size == "full" else "gpt-oss, bench-small sizes"
+    return describe(dst, f"{label}, random weights ({bits}-bit)")
+
+
+def _build_random_quantized(dst: Path, sizes: dict, bits: int, seed: int = 0) -> None:
+    import mlx.core as mx
+    from mlx_lm.models.gpt_oss import Model, ModelArgs
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    from models.demo import _LOGIT_STD, _config
+    from models.vocab import write_tokenizer_files
+
+    config = _config(**sizes, torch_dtype="bfloat16")
+    mx.random.seed(seed)
+    model = Model(ModelArgs.from_dict(config))  # its initial weights stay lazy until quantized
+    model.apply(lambda a: a.astype(mx.bfloat16) if mx.issubdtype(a.dtype, mx.floating) else a)
+    hidden = sizes["hidden_size"]
+    head = mx.random.normal(model.lm_head.weight.shape, scale=_LOGIT_STD / hidden**0.5).astype(mx.bfloat16)
+    model.model.embed_tokens.weight, model.lm_head.weight = _chained(
+        model.model.embed_tokens.weight, head, hidden, seed)
+    for layer in model.layers:  # as models/demo.py: attention sinks with some spread
+        layer.self_attn.sinks = mx.random.normal(layer.self_attn.sinks.shape).astype(mx.bfloat16)
+    model, config = quantize_model(model, config, 64, bits)
+    for layer in model.layers:  # one layer at a time: the float weights never all exist at once
+        mx.eval(layer.parameters())
+    mx.eval(model.parameters())
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(tmp, model)
+    save_config(config, tmp / "config.json")
+    write_tokenizer_files(tmp)
+    (tmp / "README.md").write_text("# swallow-server bench model (gpt-oss architecture, random weights)\n\n"
+                                   "Built by `bench/gpu.sh`; delete this directory to have it rebuilt.\n")
+    tmp.rename(dst)
+
+
+def follows_the_chain(model_dir: Path, n: int = 12) -> bool:
+    """Whether greedy decoding of the model follows the chain (its replies are harmony)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(Path(model_dir), lazy=True)
+    prompt = [200006, 1428, 200008, 3686, 200007, 200006, ASSISTANT]  # a user's "hi", then <|start|>assistant
+    tokens = [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=n)]
+    return tokens == _CHAIN[1:n + 1]
+
+
+# ---- the near-free model (bench/nearfree_arch.py) -----------------------------------------
+
+NEAR_FREE_NAME = "near-free-v1"  # bump when the replies or the architecture change
+NEAR_FREE_ARCH = Path(__file__).with_name("nearfree_arch.py")
+TOOL = "read_file"  # the tool an agent's reply calls (the bench declares it)
+TOOL_ARGUMENTS = '{"path":"notes.txt"}'
+TOOL_TRIGGER = "namespace"  # in a developer message that declares tools
+ANALYSIS_WORDS = 12  # the analysis before the answer or the call
+
+
+def near_free_replies(encoding) -> tuple[list, int]:
+    """([chat reply, agent reply], the trigger token) as token ids, each reply a whole assistant
+    turn after `<|start|>assistant`, exactly as harmony renders it when it comes back in a
+    history (so that a continued conversation matches its cache token for token):
+
+    - chat: a short analysis, then a final answer that goes round the 64 bench words for ever
+      (a decode runs until its token limit);
+    - agent (the request declares tools): a short analysis, then a call to read_file, ending in
+      `<|call|>`."""
+    from openai_harmony import Conversation
+
+    from server.harmony import render as harmony
+
+    def ids(text: str) -> list:
+        return encoding.encode(text, allowed_special="all")
+
+    words = [ids(" " + w) for w in CYCLE_WORDS]
+    if any(len(w) != 1 for w in words):
+        raise RuntimeError("the bench words must be one token each")
+    analysis = "".join(" " + w for w in CYCLE_WORDS[:ANALYSIS_WORDS])
+    chat_head = ids(f"<|channel|>analysis<|message|>{analysis}<|end|><|start|>assistant<|channel|>final<|message|>")
+    chat = {"tokens": chat_head + [w[0] for w in words], "repeat_from": len(chat_head)}
+    # The call as harmony renders an assistant's tool call (recipient before the channel).
+    turn = [harmony.user("x"), harmony.assistant_reasoning(analysis), harmony.tool_call(TOOL, TOOL_ARGUMENTS)]
+    rendered = encoding.render_conversation(Conversation.from_messages(turn))
+    opening = ids("<|start|>user<|message|>x<|end|><|start|>assistant")
+    if rendered[: len(opening)] != opening:
+        raise RuntimeError("harmony renders a user message differently than expected")
+    agent = {"tokens": rendered[len(opening):], "repeat_from": -1}
+    if agent["tokens"][-1] != ids("<|call|>")[0]:
+        raise RuntimeError("harmony's rendering of a tool call does not end in <|call|>")
+    (trigger,) = ids(TOOL_TRIGGER)
+    return [chat, agent], trigger
+
+
+def near_free_model() -> BenchModel:
+    """The near-free model's directory (built once under the cache directory): its architecture
+    file, the o200k_harmony tokenizer files, the replies as token ids."""
+    import mlx.core as mx
+
+    from models import vocab
+
+    root = cache_dir() / "bench"
+    dst = root / NEAR_FREE_NAME
+    if not (dst / "config.json").is_file():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        vocab.write_tokenizer_files(tmp)
+        replies, trigger = near_free_replies(vocab.load_harmony_encoding_offline(tmp))
+        config = {"model_type": "nearfree", "model_file": "nearfree_model.py", "vocab_size": 201088,
+                  "max_position_embeddings": 131072, "eos_token_id": [200002, 200012],
+                  "torch_dtype": "float32", "replies": replies, "trigger": trigger}
+        (tmp / "config.json").write_text(json.dumps(config))
+        shutil.copyfile(NEAR_FREE_ARCH, tmp / "nearfree_model.py")
+        mx.save_safetensors(str(tmp / "model.safetensors"), {"anchor": mx.zeros((1,))})
+        (tmp / "README.md").write_text("# swallow-server near-free bench model\n\nBuilt by `python -m bench`; "
+                                       "delete this directory to have it rebuilt.\n")
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+    return describe(dst, "near-free")
+
+
 def resolve(spec: str) -> tuple[BenchModel, BenchModel | None]:
     """(the model for the main comparison, a quantized model for the 6-bit comparison or None)."""
     if spec == "bench-small":
         return bench_models()
+    if spec == "near-free":
+        return near_free_model(), None
     if spec == "demo":
         from models.demo import demo_model_dir
 

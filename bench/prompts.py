@@ -75,20 +75,30 @@ class Renderer:
         self.settings = load_settings(str(config) if config.is_file() else None)
         self.encoding = load_harmony_encoding_offline(model_dir)
 
-    def request(self, messages: list) -> Request:
+    def request(self, messages: list, tools: list | None = None) -> Request:
+        """Chat-completions messages (and function tools) as swallow-server renders them."""
         from server.harmony import render as harmony
+        from server.harmony.tools import describe
 
         instructions = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
-        history = []
+        history, called = [], {}
         for m in messages:
             if m["role"] == "user":
                 history.append(harmony.user(m["content"]))
             elif m["role"] == "assistant":
                 if m.get("reasoning_content"):
                     history.append(harmony.assistant_reasoning(m["reasoning_content"]))
-                if m.get("content"):
+                for call in m.get("tool_calls") or ():
+                    called[call["id"]] = call["function"]["name"]
+                    history.append(harmony.tool_call(call["function"]["name"], call["function"]["arguments"]))
+                if m.get("content") and not m.get("tool_calls"):
                     history.append(harmony.assistant_final(m["content"]))
-        prompt = harmony.Prompt(effort=self.settings.reasoning_effort, instructions=instructions, messages=history)
+            elif m["role"] == "tool":
+                history.append(harmony.tool_result(called[m["tool_call_id"]], m["content"]))
+        described = [describe(t["function"]["name"], t["function"].get("description"), t["function"].get("parameters"))
+                     for t in tools or ()]
+        prompt = harmony.Prompt(effort=self.settings.reasoning_effort, instructions=instructions, tools=described,
+                                messages=history)
         tokens, _ = harmony.render_with_boundary(self.encoding, prompt, self.settings.model_identity,
                                                  self.settings.knowledge_cutoff)
         return Request(messages, tokens, self.encoding.decode(tokens))

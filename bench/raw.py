@@ -39,21 +39,25 @@ def body_index(tokens: list) -> int:
     return head.index(BODY_MARK) + 1 if BODY_MARK in head else 0
 
 
-def load(path: str, mode: str):
+def load(path: str, mode: str, trust_remote_code: bool = False):
     from pathlib import Path
 
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
-    model, _ = load_model(Path(path), lazy=True)
+    model, _ = load_model(Path(path), lazy=True, trust_remote_code=trust_remote_code)
     if mode == "float32":
         model.apply(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a)
     mx.eval(model.parameters())
     return model
 
 
-def single_stream(model, prompt: list, n: int, cache=None) -> dict:
-    """Greedy decode of n tokens: times of every token, from the call."""
+STOP_TOKENS = (200002, 200012, 199999)  # <|return|>, <|call|>, <|endoftext|>: the servers stop there
+
+
+def single_stream(model, prompt: list, n: int, cache=None, stop: bool = False) -> dict:
+    """Greedy decode of n tokens (`stop`: or up to a stop token, as a server would): times of
+    every token, from the call."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
@@ -62,6 +66,8 @@ def single_stream(model, prompt: list, n: int, cache=None) -> dict:
     for token, _ in generate_step(mx.array(prompt), model, max_tokens=n, prompt_cache=cache):
         tokens.append(int(token))
         times.append(time.perf_counter() - start)
+        if stop and tokens[-1] in STOP_TOKENS:
+            break
     first = body_index(tokens)
     first = min(first, len(tokens) - 1)
     decode = (len(tokens) - 1 - first) / (times[-1] - times[first]) if len(tokens) - 1 > first else float("nan")
@@ -107,7 +113,26 @@ def conversation(model, turn1: list, reply_tokens: int, turn2_suffix: list, turn
             "turn1_prompt_tokens": len(turn1), "turn2_new_tokens": len(turn2)}
 
 
-def serve(path: str, mode: str, commands, replies) -> None:
+def turns(model, prompts: list, reply_tokens: int) -> dict:
+    """A conversation's turns with one prompt cache carried on, as mlx-lm alone would take them:
+    before each turn the cache is cut back to what the turn's prompt shares with it (harmony drops
+    a finished turn's analysis, so the reply in it is not always a prefix of the next prompt), and
+    the rest is read. Each turn's time to its first body token, and the tokens it found cached."""
+    from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+    cache, held, out = make_prompt_cache(model), [], []
+    for prompt in prompts:
+        common, limit = 0, min(len(held), len(prompt) - 1)  # at least one token is read
+        while common < limit and held[common] == prompt[common]:
+            common += 1
+        trim_prompt_cache(cache, cache[0].offset - common)
+        result = single_stream(model, prompt[common:], reply_tokens, cache, stop=True)
+        held = (prompt + result["tokens"])[: cache[0].offset]  # what the cache holds now
+        out.append({"ttft_s": result["ttft_s"], "cached_tokens": common, "prompt_tokens": len(prompt)})
+    return {"turns": out}
+
+
+def serve(path: str, mode: str, commands, replies, trust_remote_code: bool = False) -> None:
     """Loads the model, says so, then answers one JSON command per line until EOF."""
     import mlx.core as mx
 
@@ -116,7 +141,7 @@ def serve(path: str, mode: str, commands, replies) -> None:
         replies.flush()
 
     t = time.perf_counter()
-    model = load(path, mode)
+    model = load(path, mode, trust_remote_code)
     reply({"ready": True, "load_s": time.perf_counter() - t})
     for line in commands:
         command = json.loads(line)
@@ -129,6 +154,8 @@ def serve(path: str, mode: str, commands, replies) -> None:
                 result = streams(model, command["prompts"], command["n"])
             elif op == "conversation":
                 result = conversation(model, **command)
+            elif op == "turns":
+                result = turns(model, **command)
             elif op == "memory":
                 result = {"peak_rss_mb": peak_rss_mb(), "mlx_peak_mb": mx.get_peak_memory() / 2**20}
             else:
@@ -142,10 +169,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.raw", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--mode", choices=("default", "float32"), required=True)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="the model's architecture is a file of its own (the near-free model)")
     args = parser.parse_args(argv)
     # Replies go to the real stdout; anything else that prints (mlx-lm warnings) to stderr.
     replies, sys.stdout = sys.stdout, sys.stderr
-    serve(args.model, args.mode, sys.stdin, replies)
+    serve(args.model, args.mode, sys.stdin, replies, args.trust_remote_code)
     return 0
 
 

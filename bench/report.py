@@ -51,6 +51,9 @@ def main_rows(r: dict) -> list:
     cold_ttft_s, warm_ttft_s, peak_rss_mb."""
     s, w, m = r.get("swallow", {}), r.get("raw", {}), r.get("mlx", {})
     rows = [metric_row("decode, 1 stream (tok/s)", s.get("decode_tps"), w.get("decode_tps"), m.get("decode_tps"))]
+    if any("cpu_ms_per_token" in x for x in (s, w, m)):  # the serving process's own, all its threads
+        rows.append(metric_row("  server CPU per token (ms)", s.get("cpu_ms_per_token"), w.get("cpu_ms_per_token"),
+                               m.get("cpu_ms_per_token"), digits=3))
     if "client_cpu_ms_per_token" in s:  # the streaming client shares this machine's cores; raw has none
         rows.append(("  the HTTP client's CPU per token (ms)", _num(s.get("client_cpu_ms_per_token"), digits=2), NA,
                      _num(m.get("client_cpu_ms_per_token"), digits=2), "", ""))
@@ -60,6 +63,9 @@ def main_rows(r: dict) -> list:
         if n > 1:
             rows.append(metric_row(f"  while all {n} decode (tok/s)", s.get("steady", {}).get(n),
                                    w.get("steady", {}).get(n), m.get("steady", {}).get(n)))
+        if any(n in x.get("streamcpu", {}) for x in (s, w, m)):
+            rows.append(metric_row("  server CPU per token (ms)", s.get("streamcpu", {}).get(n),
+                                   w.get("streamcpu", {}).get(n), m.get("streamcpu", {}).get(n), digits=3))
     for n in sorted(s.get("streams", {})):
         if n > 1 and 1 in s.get("streams", {}):
             rows.append(("  scaling " + f"{n} vs 1 stream", *[

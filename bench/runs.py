@@ -52,14 +52,14 @@ class HttpSystem:
         result = client.run_one(self.request(self.workload.decode, n))
         client_cpu = time.process_time() - client_cpu
         self.prompt_tokens["decode"] = (result.prompt_tokens, len(self.workload.decode.tokens))
-        return {"decode_tps": result.decode_tps,
+        return {"decode_tps": result.decode_tps, "tokens": result.completion_tokens,
                 "client_cpu_ms_per_token": 1000 * client_cpu / max(1, result.completion_tokens)}
 
-    def streams(self, count: int, n: int) -> tuple[float, float]:
-        """(aggregate tok/s, tok/s while all streams decode)."""
+    def streams(self, count: int, n: int) -> tuple[float, float, int]:
+        """(aggregate tok/s, tok/s while all streams decode, tokens generated)."""
         agg = client.run_streams([self.request(r, n) for r in self.workload.streams[:count]])
         self.retries = getattr(self, "retries", 0) + sum(r.retries for r in agg.results)
-        return agg.aggregate_tps, agg.steady_tps
+        return agg.aggregate_tps, agg.steady_tps, agg.completion_tokens
 
     def conversation(self, conv: prompts.Conversation, reply_tokens: int, turn2_tokens: int) -> dict:
         first = client.run_one(self.request(conv.turn1, reply_tokens))
@@ -75,6 +75,10 @@ class HttpSystem:
 
     def memory(self) -> float:
         return self.server.peak_rss_mb()
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all its threads)."""
+        return self.server.cpu_seconds()
 
     def blas(self) -> str:
         return self.server.blas()
@@ -99,11 +103,12 @@ class RawSystem:
         self.worker.call("decode", prompt=self.workload.warmup.tokens, n=4)
 
     def decode(self, n: int) -> dict:
-        return {"decode_tps": self.worker.call("decode", prompt=self.workload.decode.tokens, n=n)["decode_tps"]}
+        result = self.worker.call("decode", prompt=self.workload.decode.tokens, n=n)
+        return {"decode_tps": result["decode_tps"], "tokens": result["completion_tokens"]}
 
-    def streams(self, count: int, n: int) -> tuple[float, float]:
+    def streams(self, count: int, n: int) -> tuple[float, float, int]:
         result = self.worker.call("streams", prompts=[r.tokens for r in self.workload.streams[:count]], n=n)
-        return result["aggregate_tps"], result["steady_tps"]
+        return result["aggregate_tps"], result["steady_tps"], result["completion_tokens"]
 
     def conversation(self, conv: prompts.Conversation, reply_tokens: int, turn2_tokens: int) -> dict:
         return self.worker.call("conversation", turn1=conv.turn1.tokens, reply_tokens=reply_tokens,
@@ -111,6 +116,10 @@ class RawSystem:
 
     def memory(self) -> float:
         return self.worker.call("memory")["peak_rss_mb"]
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (all its threads)."""
+        return self.worker.cpu_seconds()
 
     def blas(self) -> str:
         return self.worker.blas()
@@ -158,16 +167,21 @@ def measure(systems: dict, plan: Plan, workload: prompts.Workload, what=("decode
         def run(key, s):
             if key in slow and round > 0:
                 return
+            cpu = s.cpu_seconds()
             figures = s.decode(slow.get(key, plan.decode_tokens))
             record(key, "decode_tps", figures["decode_tps"])
+            record(key, "cpu_ms_per_token", 1000 * (s.cpu_seconds() - cpu) / max(1, figures["tokens"]),
+                   lower_is_better=True)
             if "client_cpu_ms_per_token" in figures:
                 record(key, "client_cpu_ms_per_token", figures["client_cpu_ms_per_token"], lower_is_better=True)
         return run
 
     def streams(count):
         def run(key, s):
-            aggregate, steady = s.streams(count, plan.stream_tokens)
+            cpu = s.cpu_seconds()
+            aggregate, steady, tokens = s.streams(count, plan.stream_tokens)
             record(key, f"streams_{count}", aggregate)
+            record(key, f"streamcpu_{count}", 1000 * (s.cpu_seconds() - cpu) / max(1, tokens), lower_is_better=True)
             if count > 1:
                 record(key, f"steady_{count}", steady)
         return run
@@ -202,8 +216,8 @@ def measure(systems: dict, plan: Plan, workload: prompts.Workload, what=("decode
     finally:
         for s in live.values():
             s.stop()
-    for mine in results.values():  # streams_N -> streams: {N: ...}, steady_N -> steady: {N: ...}
-        for name in ("streams", "steady"):
+    for mine in results.values():  # streams_N -> streams: {N: ...}, likewise steady_N, streamcpu_N (CPU ms a token)
+        for name in ("streams", "steady", "streamcpu"):
             counts = sorted(int(k.split("_")[1]) for k in mine if k.startswith(f"{name}_"))
             if counts:
                 mine[name] = {n: mine.pop(f"{name}_{n}") for n in counts}

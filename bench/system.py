@@ -57,6 +57,31 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far: /proc on Linux, ps
+    elsewhere (macOS prints it to the hundredth of a second)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except OSError:
+        pass
+    text = subprocess.run(["ps", "-o", "time=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    days, _, clock = text.rpartition("-")
+    seconds = 0.0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds + 86400 * int(days or 0)
+
+
+def needs_remote_code(model: Path) -> bool:
+    """Whether the model's architecture is a file of its own (the bench's near-free and scripted
+    models), which mlx-lm and the servers load only with trust_remote_code."""
+    try:
+        return bool(json.loads((Path(model) / "config.json").read_text()).get("model_file"))
+    except (OSError, ValueError):
+        return False
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: on Linux, be sent SIGTERM when the bench process dies, so that
     an interrupted or killed run leaves no server behind."""
@@ -140,6 +165,9 @@ class Server:
     def peak_rss_mb(self) -> float:
         return peak_rss_mb(self.process.pid)
 
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
     def blas(self) -> str:
         return blas_in_use(self.process.pid)
 
@@ -165,7 +193,7 @@ class Swallow(Server):
 
     def command(self, model: Path) -> list:
         return [sys.executable, "-m", "server", "--model", str(model), "--port", str(self.port),
-                "--log-level", "warning"]
+                "--log-level", "warning", *(["--trust-remote-code"] if needs_remote_code(model) else [])]
 
     def extra_env(self) -> dict:
         # Greedy, and room for 16 streams at once (the defaults, spelled out); a data_dir of its own,
@@ -180,7 +208,8 @@ class MlxLmServer(Server):
     def command(self, model: Path) -> list:
         # Decode / prefill batch sizes as swallow-server's engine; greedy is its default.
         return [sys.executable, "-m", "mlx_lm", "server", "--model", str(model), "--port", str(self.port),
-                "--decode-concurrency", "16", "--prompt-concurrency", "8", "--log-level", "WARNING"]
+                "--decode-concurrency", "16", "--prompt-concurrency", "8", "--log-level", "WARNING",
+                *(["--trust-remote-code"] if needs_remote_code(model) else [])]
 
 
 class RawWorker:
@@ -193,7 +222,8 @@ class RawWorker:
         self.log_path = log_dir / f"raw-{mode}-{model.name}.log"
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.raw", "--model", str(model), "--mode", mode], cwd=ROOT,
+            [sys.executable, "-m", "bench.raw", "--model", str(model), "--mode", mode,
+             *(["--trust-remote-code"] if needs_remote_code(model) else [])], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=blas_env(openblas), text=True,
             preexec_fn=_die_with_parent)
 
@@ -221,6 +251,9 @@ class RawWorker:
 
     def blas(self) -> str:
         return blas_in_use(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -13,8 +13,8 @@ from tests.conftest import ROOT
 def test_bench_quick_on_demo(cache_dir, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--model", "demo", "--quick", "--skip-mlx-server", "--tokens", "4",
-         "--stream-tokens", "4", "--streams", "1,2", "--prefix-tokens", "200", "--reply-tokens", "6",
+        [sys.executable, "-m", "bench", "--model", "demo", "--quick", "--skip-mlx-server", "--skip-near-free",
+         "--tokens", "4", "--stream-tokens", "4", "--streams", "1,2", "--prefix-tokens", "200", "--reply-tokens", "6",
          "--log-dir", str(tmp_path / "logs"), "--json", str(out)],
         cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
         capture_output=True, text=True, timeout=120,
@@ -100,3 +100,23 @@ def test_soak_runs_rounds_of_mixed_load_and_reports_memory(cache_dir, tmp_path):
         assert r["rss_mb"] > 0 and r["mlx_mb"] > 0 and r["prompt_cache_mb"] > 0
     # the plot, or why there is none
     assert (tmp_path / "soak.png").exists() or "matplotlib is not installed" in out
+
+
+def test_overhead_bench_measures_the_servers_own_cpu_and_turns(cache_dir, tmp_path):
+    out = tmp_path / "overhead.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--skip-mlx-server", "--rounds", "1", "--tokens", "24",
+         "--stream-tokens", "6", "--streams", "2", "--system-tokens", "300", "--agent-turns", "1",
+         "--json", str(out)],
+        cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)}, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| server CPU per token, 1 stream (ms)" in done.stdout and "Targets (near-free model):" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["errors"] == {}
+    swallow, raw = result["results"]["swallow"], result["results"]["raw"]
+    for figures in (swallow, raw):
+        assert figures["cpu_ms_per_token_1"] > 0 and figures["cpu_ms_per_token_2"] > 0
+        assert figures["agent_ttft_s"] > 0 and figures["continued_ttft_s"] > 0
+    # the agent's turns were taken from the cache: its previous prompt, then its previous reply too
+    assert 0 < swallow["agent_cached_tokens"] < swallow["agent_prompt_tokens"]
+    assert swallow["agent_prompt_tokens"] <= swallow["continued_cached_tokens"] < swallow["continued_prompt_tokens"]

@@ -70,3 +70,32 @@ def test_cache_stays_within_its_budget(start_server):
         stats = server.health()["prompt_cache"]
         assert stats["budget_bytes"] == 2**20
         assert 0 < stats["bytes"] <= stats["budget_bytes"]
+
+
+def test_the_store_hands_out_prefixes_and_keeps_its_entries_whole():
+    import mlx.core as mx
+    from mlx_lm.models.cache import KVCache, RotatingKVCache
+
+    from server.engine.prompt_cache import PrefixStore
+
+    def cache(layer, n):
+        values = mx.arange(n, dtype=mx.float32).reshape(1, 1, n, 1)
+        layer.update_and_fetch(values, values)
+        return [layer]
+
+    store = PrefixStore(max_bytes=2**20)
+    store.insert(list(range(10)), cache(KVCache(), 10))
+    found, length = store.nearest(list(range(12)))  # the prompt goes on past the entry
+    assert length == 10 and found[0].offset == 10
+    found, length = store.nearest([0, 1, 2, 3, 4, 99])  # the prompt leaves it: cut back to 5
+    assert length == 5 and found[0].keys_and_values()[0].shape[2] == 5
+    found, length = store.nearest(list(range(10)))
+    assert length == 10 and found[0].keys_and_values()[0][0, 0, :, 0].tolist() == list(range(10))  # still whole
+
+    # a sliding window past its size can't be cut back: only a prompt that holds all of it uses it
+    store.insert([7] * 8, cache(RotatingKVCache(max_size=4), 8))
+    assert store.nearest([7] * 8 + [1])[1] == 8
+    assert store.nearest([7] * 6 + [1, 1, 1])[1] == 0
+
+    store.trim_to(store.nbytes - 1)  # over the budget: the least recently used goes first
+    assert len(store) == 1 and store.nearest([7] * 9)[1] == 8

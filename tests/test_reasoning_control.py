@@ -116,6 +116,14 @@ def test_budget_ends_the_analysis_and_the_answer_follows(scripted_server):
     assert (streamed["completion_tokens"], streamed["completion_tokens_details"]) == (
         usage["completion_tokens"], usage["completion_tokens_details"])
 
+    # With logprobs the control shapes the logits as a processor; without, the engine puts the
+    # tokens that end the analysis into the reply itself: the same reply either way.
+    probed = chat(scripted_server, "Think for a long time", reasoning={"max_tokens": 50}, logprobs=True).json()
+    assert probed["choices"][0]["message"] == choice["message"]
+    assert probed["choices"][0]["reasoning_stopped"] == "budget"
+    assert probed["usage"]["completion_tokens_details"] == usage["completion_tokens_details"]
+    assert probed["usage"]["completion_tokens"] == usage["completion_tokens"]
+
 
 def test_budget_counts_reasoning_only_and_max_tokens_bounds_the_whole(scripted_server):
     reply = chat(scripted_server, "Think for a long time", reasoning={"max_tokens": 50}, max_tokens=80).json()
@@ -398,3 +406,20 @@ def test_random_weights_always_give_schema_valid_json(demo_server):
         jsonschema.validate(json.loads(content), DEMO_SCHEMA)
         assert usage.completion_tokens <= 96
         assert usage.completion_tokens_details.reasoning_tokens <= 48  # held to half the limit
+
+
+def test_a_schema_sent_again_is_compiled_once(scripted_model):
+    from server.engine import structured
+
+    tokenizer = asyncio.run(structured.tokenizer_for(scripted_model))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    grammar = structured.compile_schema(schema, tokenizer, name="weather", param="tools[0]", end=structured.CALL)
+    again = structured.compile_schema(dict(schema), tokenizer, name="weather", param="tools[0]", end=structured.CALL)
+    assert again is grammar  # an agent's strict tool, on its next turn
+    assert structured.compile_schema(schema, tokenizer, name="other", param="tools[1]") is not grammar
+    # each use walks its own copy: one reply's JSON does not move another's
+    (brace,) = VOCABULARY.encode("{")
+    first, second = grammar.guide(), grammar.guide()
+    first.consume(brace)
+    assert first.failed is None
+    assert second.matcher.consume_token(brace)

@@ -184,6 +184,8 @@ class LockstepPromptCache:
 class DistributedEngine(Engine):
     """The Engine of rank 0 under mlx.launch (see the module's docstring)."""
 
+    host_forcing = False  # the other ranks could not replay a row taken out with its cache
+
     def __init__(self, settings, model_path, world: World):
         super().__init__(settings, model_path)
         self.world = world

@@ -10,7 +10,8 @@ Each request's side is a Generation (generation.py); the prompt cache, in memory
 is prompt_cache.py.
 
 Tokens reach the event loop once per engine step, all requests' together (one thread-safe call
-per step, not one per token per request).
+per step at most, not one per token per request; none while the loop has not yet taken the last
+step's: generation.Mailbox).
 
 Memory-aware admission (memory.py): a request joins the batch only when the worst case of its
 KV cache (prompt + token limit) fits beside the running ones in the cache budget, which every
@@ -38,7 +39,7 @@ from mlx_lm.generate import BatchGenerator
 from models.loading import LoadedModel, load_model
 from server.config import Settings
 from server.engine.errors import CacheWontFit, EngineStopped
-from server.engine.generation import Finished, Generation, hand_over
+from server.engine.generation import Finished, Generation, Mailbox
 from server.engine.logprobs import LogprobCapture, ScoreJob, score_tokens
 from server.engine.memory import KVBudget, KVCost, cache_budget, measure_kv_cost
 from server.engine.prompt_cache import PromptCache
@@ -67,6 +68,10 @@ def new_batch(model, settings: Settings) -> BatchGenerator:
 
 
 class Engine:
+    # Reply controls may run outside mlx-lm's logits processors (reasoning_control.py, host mode);
+    # under mlx.launch the other ranks could not replay a row taken out with its cache (lockstep.py).
+    host_forcing = True
+
     def __init__(self, settings: Settings, model_path=None, kv: KVBudget | None = None):
         """`kv`: the KV cache budget it shares with the other loaded models' engines; None: one
         of its own, measured once its model is loaded."""
@@ -80,6 +85,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="swallow-engine", daemon=True)
         self._active: dict[int, Generation] = {}
         self._outbox: list = []  # (generation, token or Finished) of this step, for the event loop
+        self._mailboxes: dict = {}  # event loop -> its Mailbox
         self._held: deque[Generation] = deque()  # waiting for cache memory
         self._inbox = 0  # submitted, not yet taken by the engine thread
         self.dead: str | None = None  # why the engine thread died, once it has
@@ -272,6 +278,7 @@ class Engine:
                     watcher.deliver(response.token)
                 generation._deliver(response.token if generation.capture is None
                                     else generation.capture.take(response.token))
+                generation.delivered += 1
                 if not generation.prompt_read:
                     generation.prompt_read = True
                     self._release_followers(batch, generation)
@@ -279,6 +286,10 @@ class Engine:
                     generation._deliver(Finished(response.finish_reason))
                     del self._active[response.uid]
                     self.prompt_cache.keep(response.all_tokens, response.prompt_cache, self._cache_room())
+                elif generation.host_controls:
+                    forced = [t for control in generation.host_controls for t in control.forced()]
+                    if forced:
+                        self._force(batch, generation, forced)
             self._admit(batch)
             self._flush()
             self._claim()
@@ -314,9 +325,13 @@ class Engine:
             by_loop.setdefault(generation.loop, {}).setdefault(generation, []).append(item)
         self._outbox = []
         for loop, items in by_loop.items():
+            mailbox = self._mailboxes.get(loop)
+            if mailbox is None:
+                mailbox = self._mailboxes[loop] = Mailbox(loop)
             try:
-                loop.call_soon_threadsafe(hand_over, items)
+                mailbox.post(items)
             except RuntimeError:  # the loop is closed (shutdown): no one left to tell
+                del self._mailboxes[loop]
                 for generation in items:
                     generation.finished = True
 
@@ -328,6 +343,35 @@ class Engine:
 
     def _new_batch(self) -> BatchGenerator:
         return new_batch(self.loaded.model, self.settings)
+
+    def _force(self, batch: BatchGenerator, generation: Generation, tokens: list) -> None:
+        """Puts `tokens` into a reply as if the model had written them (a reply control in host
+        mode ending an analysis): the row leaves the batch with its cache and joins again with
+        the tokens as a prompt to read; the token the batch was computing for it is dropped.
+        A copy of the row's cache, once per reply at most."""
+        cache, context = batch.remove([generation.uid], return_prompt_caches=True)[generation.uid]
+        del self._active[generation.uid]
+        tokens = tokens[: generation.max_tokens - generation.delivered]
+        for token in tokens:
+            for watcher in generation.watchers:
+                watcher.deliver(token)
+            generation._deliver(token)
+            generation.delivered += 1
+        left = generation.max_tokens - generation.delivered
+        if left <= 0:
+            generation._deliver(Finished("length"))
+            return
+        generation.rejoining = True
+        try:
+            (uid,) = batch.insert_segments([[tokens]], caches=[cache], all_tokens=[list(context)],
+                                           max_tokens=[left], samplers=[generation.row_sampler],
+                                           logits_processors=[generation.row_processors])
+        except Exception as e:
+            log.exception("could not put forced tokens into a reply")
+            generation._deliver(Finished("error", str(e) or type(e).__name__))
+            return
+        generation.uid = uid
+        self._active[uid] = generation
 
     def _apply_commands(self, batch: BatchGenerator, block: bool) -> bool:
         """Takes the waiting commands; False when the engine must stop."""
@@ -441,18 +485,26 @@ class Engine:
             return
         prompt = generation.prompt
         cache, cached = self.prompt_cache.nearest(prompt)
-        processors = make_request_processors(generation.sampling) + list(generation.processors)
+        processors = make_request_processors(generation.sampling)
         if generation.logprobs is not None:
             generation.capture = LogprobCapture(generation.logprobs)
             processors.insert(0, generation.capture)  # first: the raw logits, before penalties
+        controls = list(generation.processors)
+        # No logits processor at all, when none is needed: mlx-lm then samples the batch in one call
+        if self.host_forcing and not processors and not any(getattr(c, "shapes_logits", True) for c in controls):
+            generation.host_controls = controls
+        else:
+            processors += controls
+        generation.row_sampler = generation.sampler()
+        generation.row_processors = [generation.guarded(p, "logits processor") for p in processors]
         try:
             (uid,) = batch.insert_segments(
                 [self._segments(prompt, cached, generation.boundaries)],
                 caches=[cache],
                 all_tokens=[prompt[:cached]],
                 max_tokens=[generation.max_tokens],
-                samplers=[generation.sampler()],
-                logits_processors=[[generation.guarded(p, "logits processor") for p in processors]],
+                samplers=[generation.row_sampler],
+                logits_processors=[generation.row_processors],
             )
         except Exception as e:
             log.exception("could not start a generation")

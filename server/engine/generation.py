@@ -8,6 +8,7 @@ sampler and logits processors run guarded, so that a failure in them ends this r
 import asyncio
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -54,6 +55,11 @@ class Generation:
     # the prompt's reading time and the generation's, as Ollama's API reports them
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    delivered: int = 0  # engine thread: tokens generated so far (forced ones included)
+    row_sampler: object = None  # engine thread: its sampler and processors as its batch row has them
+    row_processors: list = field(default_factory=list)
+    host_controls: list = field(default_factory=list)  # reply controls in host mode (reasoning_control.py)
+    rejoining: bool = False  # engine thread: back in the batch to read forced tokens
 
     @functools.cached_property
     def watchers(self) -> list:
@@ -114,3 +120,30 @@ def hand_over(items: dict) -> None:
     """On the event loop: one engine step's items, each request's in one queue entry."""
     for generation, delivered in items.items():
         generation.output.put_nowait(delivered)
+
+
+class Mailbox:
+    """The engine thread's items for one event loop. The loop is woken (a write to its self-pipe,
+    and the GIL handed back and forth) once for all the items that come before it runs: when it
+    is still busy with the last step's, the next step's join them without waking it again."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: dict = {}  # generation -> [items]
+        self._woken = False
+        self._lock = threading.Lock()
+
+    def post(self, items: dict) -> None:
+        """Engine thread. Raises RuntimeError when the loop is closed."""
+        with self._lock:
+            for generation, delivered in items.items():
+                self._items.setdefault(generation, []).extend(delivered)
+            if self._woken:
+                return
+            self._woken = True
+        self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            items, self._items, self._woken = self._items, {}, False
+        hand_over(items)

@@ -8,11 +8,23 @@ each generated token to its own harmony StreamableParser (server/harmony/stream.
 knows the channel and the recipient of the message being written, and shapes the next token's
 logits.
 
-It costs nothing per token while nothing can be forced: the engine hands it each token after
-its step (`deliver`), and the processor returns the logits untouched unless it is armed (a
-forced format or a grammar, a budget within two tokens, a loop guard within two tokens of
-firing, forcing under way). Armed, it reads the newest token from the context (a host sync,
-which would stop MLX from overlapping one step with the next) and shapes the logits exactly.
+Two ways to run, the engine's choice (engine.Engine._insert):
+
+- host mode, when the reply needs nothing but the budget and the loop guard (`shapes_logits` is
+  False) and the request has no other logits processor: the control is no logits processor at
+  all, so mlx-lm samples the whole batch in one call (any row with a processor makes every step
+  slice, buffer and concatenate each row's logits). The engine hands it each token after its step
+  (`deliver`) and asks `forced()` for tokens to put into the reply; when the analysis must end,
+  the engine takes the row out of the batch with its cache and puts it back with those tokens to
+  read (the token the batch was computing for it is dropped): the same reply, token for token,
+  as a processor forcing them.
+- as a logits processor (grammars, forced formats, a forced call's header, or a request that
+  has processors anyway): it costs nothing per token while nothing can be forced: the engine
+  hands it each token after its step (`deliver`), and the processor returns the logits untouched
+  unless it is armed (a forced format or a grammar, a budget within two tokens, a loop guard
+  within two tokens of firing, forcing under way). Armed, it reads the newest token from the
+  context (a host sync, which would stop MLX from overlapping one step with the next) and shapes
+  the logits exactly.
 
 - forcing: a queue of tokens to emit as if the model had written them (every other logit
   -inf). Ending the analysis is `<|end|><|start|>assistant<|channel|>final<|message|>`.
@@ -162,6 +174,27 @@ class ReplyControl:
         self._header: list[int] = []
         # shaping every token: forced formats, and grammars (a message may start at any token)
         self._always = force_final or start_with_final or bool(final_grammar) or bool(self.tool_grammars)
+
+    # ---- host mode -----------------------------------------------------------------
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether it must shape logits at every step (grammars, forced formats, a forced call's
+        header); else the engine may run it in host mode."""
+        return self._always or bool(self._header_choices)
+
+    def forced(self) -> list[int]:
+        """Host mode, after each delivered token: the tokens the reply must go on with now, as if
+        the model had written them (the analysis ended by the budget or a loop), or []."""
+        try:
+            over_budget = self.budget is not None and self.analysis_tokens >= self.budget
+            if not (over_budget or self._looping) or self._broken or not self._in_analysis():
+                return []
+            self.stopped_by = "loop" if self._looping and not over_budget else "budget"
+            return list(TO_FINAL)
+        except Exception as e:  # never into the engine
+            self._fail(e)
+            return []
 
     # ---- the processor -------------------------------------------------------------
 

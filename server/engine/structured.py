@@ -8,7 +8,8 @@ which knows where in the harmony reply the model is: only the final answer (or a
 call's arguments) is constrained, the analysis channel stays free.
 
 Why llguidance (measured on this project's vocabulary, 201,088 tokens; see docs/structured-output.md):
-grammar compile in ~1-3 ms (no per-schema cache needed), ~0.1 ms per token mask on a CPU,
+grammar compile in ~1-3 ms (more for big schemas; kept per schema, since an agent sends its strict
+tools again every turn), ~0.1 ms per token mask on a CPU,
 no runtime dependencies, one abi3 wheel per platform on PyPI (macOS arm64 and Linux), JSON
 Schema keywords such as maxLength, minimum/maximum, enum, anyOf, pattern and format.
 
@@ -30,6 +31,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,13 +120,39 @@ class Grammar:
         return GrammarGuide(self.matcher.deep_copy(), self.end, self.tokenizer)
 
 
+_COMPILED: "OrderedDict[tuple, Grammar]" = OrderedDict()  # an agent's strict tools come back every turn
+_COMPILED_LOCK = threading.Lock()
+COMPILED_KEPT = 256
+
+
 def compile_schema(schema, tokenizer, *, name: str, param: str, end: int = RETURN) -> Grammar:
     """The grammar of a JSON schema; SchemaUnusable naming `param` when the schema can't be used.
-    Blocking (milliseconds, more for huge schemas): call it in a worker thread."""
-    import llguidance
-
+    Blocking (milliseconds, more for huge schemas): call it in a worker thread. Grammars are kept
+    (a Grammar is never advanced itself: each use walks a copy), so a schema sent again, as an
+    agent's strict tools are on every turn, is compiled once."""
     if not isinstance(schema, dict):
         raise SchemaUnusable(f"{param}: a JSON schema must be an object", param=param)
+    try:
+        key = (id(tokenizer), name, end, json.dumps(schema, sort_keys=True))
+    except (TypeError, ValueError):
+        key = None  # not JSON (the schema check below says why)
+    with _COMPILED_LOCK:
+        grammar = _COMPILED.get(key) if key is not None else None
+        if grammar is not None:
+            _COMPILED.move_to_end(key)
+            return grammar
+    grammar = _compile(schema, tokenizer, name=name, param=param, end=end)
+    if key is not None:
+        with _COMPILED_LOCK:
+            _COMPILED[key] = grammar
+            while len(_COMPILED) > COMPILED_KEPT:
+                _COMPILED.popitem(last=False)
+    return grammar
+
+
+def _compile(schema: dict, tokenizer, *, name: str, param: str, end: int) -> Grammar:
+    import llguidance
+
     try:
         source = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except (ValueError, TypeError) as e:

@@ -3,10 +3,20 @@
 Every API turns its requests into a `Prompt` (instructions, tools, conversation items
 as harmony messages) and render it here, so the system message, the developer message and
 the rule about old reasoning are the same everywhere.
+
+A conversation renders as its messages' renderings one after the other, then `<|start|>assistant`
+(openai-harmony's render_conversation_for_completion does exactly that, given whether the
+conversation declares function tools). Each message's tokens are kept (`RenderedMessages`), so a
+turn tokenizes only the messages that are new since the last one: an agent's next request
+repeats a long system prompt and the whole history, which took ~8 ms a turn to tokenize at 6k
+tokens on a slow CPU, more as the history grows.
 """
 
 import datetime
 import json
+import threading
+from array import array
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from openai_harmony import (
@@ -17,6 +27,7 @@ from openai_harmony import (
     Message,
     ReasoningEffort,
     RenderConversationConfig,
+    RenderOptions,
     Role,
     SystemContent,
     ToolDescription,
@@ -125,6 +136,45 @@ def system_message(prompt: Prompt, identity: str, knowledge_cutoff: str) -> Mess
     return Message.from_role_and_content(Role.SYSTEM, content)
 
 
+class RenderedMessages:
+    """Token ids of rendered messages, least recently used dropped first beyond `max_tokens`.
+    Keyed by the message's JSON and whether its conversation declares function tools (harmony
+    renders the system message differently then)."""
+
+    def __init__(self, max_tokens: int = 4_000_000):
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[tuple, array] = OrderedDict()
+        self._tokens = 0
+        self._lock = threading.Lock()  # rendering may run on the event loop and in worker threads
+
+    def tokens(self, encoding: HarmonyEncoding, message: Message, has_tools: bool) -> array:
+        key = (encoding.name, has_tools, message.to_json())
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        found = array("I", encoding.render(message, RenderOptions(conversation_has_function_tools=has_tools)))
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = found
+                self._tokens += len(found)
+                while self._tokens > self.max_tokens and len(self._entries) > 1:
+                    self._tokens -= len(self._entries.popitem(last=False)[1])
+        return found
+
+
+RENDERED = RenderedMessages()
+_NEXT_TURN: dict[str, list[int]] = {}  # encoding name -> `<|start|>assistant`
+
+
+def _next_turn(encoding: HarmonyEncoding) -> list[int]:
+    if encoding.name not in _NEXT_TURN:
+        _NEXT_TURN[encoding.name] = encoding.render_conversation_for_completion(
+            Conversation.from_messages([]), Role.ASSISTANT, config=RenderConversationConfig(auto_drop_analysis=False))
+    return _NEXT_TURN[encoding.name]
+
+
 def render_with_boundary(encoding: HarmonyEncoding, prompt: Prompt, identity: str, knowledge_cutoff: str,
                          assistant_prefix: str = "") -> tuple[list[int], int]:
     """(token ids of the whole prompt, ending with `<|start|>assistant` plus a forced prefix;
@@ -140,14 +190,16 @@ def render_with_boundary(encoding: HarmonyEncoding, prompt: Prompt, identity: st
         for namespace in prompt.namespaces:
             developer = developer.with_tools(namespace)
         head.append(Message.from_role_and_content(Role.DEVELOPER, developer))
-    tokens = encoding.render_conversation_for_completion(
-        Conversation.from_messages(head + drop_finished_reasoning(prompt.messages)),
-        Role.ASSISTANT,
-        config=RenderConversationConfig(auto_drop_analysis=False),
-    )
-    boundary = sum(len(encoding.render(m)) for m in head)
+    has_tools = bool(prompt.tools)
+    rendered = array("I")
+    for message in head:
+        rendered += RENDERED.tokens(encoding, message, has_tools)
+    boundary = len(rendered)
+    for message in drop_finished_reasoning(prompt.messages):
+        rendered += RENDERED.tokens(encoding, message, has_tools)
+    tokens = rendered.tolist() + _next_turn(encoding)
     if assistant_prefix:
-        tokens = tokens + encoding.encode(assistant_prefix, allowed_special="all")
+        tokens += encoding.encode(assistant_prefix, allowed_special="all")
     return tokens, boundary
 
 
