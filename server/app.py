@@ -7,13 +7,19 @@ from fastapi.responses import JSONResponse
 
 from models.vocab import token_vocabulary
 from server.api import engine_errors
+from server.api.batch_endpoints import batch_endpoints
+from server.api.batches import routes as batches
 from server.api.chat import routes as chat
 from server.api.completions import routes as completions
+from server.api.files import routes as files
+from server.api.messages import batches as message_batches
 from server.api.messages import errors as messages_errors
 from server.api.messages import routes as messages
 from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.api.tokenize import routes as tokenize
+from server.batches.runner import Runner
+from server.batches.store import open_batch_store
 from server.config import Settings
 from server.plumbing import limits, metrics, middleware
 from server.plumbing.admission import Admission
@@ -32,7 +38,9 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app):
         registry.start_reaper()  # unloads models idle past their keep-alive
+        runner.start()  # the batches in data_dir go on where they were
         yield
+        await runner.stop()  # lines in flight stay pending, for the next start
 
     app = FastAPI(title="swallow-server", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server for GPT-OSS models on MLX")
@@ -55,10 +63,19 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(completions.router)
     app.include_router(tokenize.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(message_batches.router)
     app.include_router(models_router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
     app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)
+    # The Batch API: files and batches in data_dir, run in the background by the same endpoints' code
+    app.state.batch_store = open_batch_store(settings)
+    runner = Runner(app.state.batch_store, registry, batch_endpoints(app.state.responses_store),
+                    registry.default.listed.settings.max_batch_size)
+    app.state.batch_runner = runner
+    metrics.bind_batches(runner.describe)
 
     @app.get("/health")
     async def health(request: Request):
@@ -72,7 +89,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "prompt_cache": main.engine.cache_stats() if main else {},
                 "models_memory": {"budget_bytes": registry.budget, "budget_from": registry.budget_from,
                                   "loaded_bytes": sum(registry.size(s) for s in registry.loaded)},
-                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]}}
+                "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]},
+                "batches": runner.describe()}
         if registry.world is not None:  # under mlx.launch: the ranks serving the model
             body["distributed"] = registry.world.describe()
         if registry.dead is not None:  # the process is about to exit (non-zero) for a restart
@@ -89,6 +107,7 @@ def _model_health(registry: Registry, slot: Slot) -> dict:
             "keep_alive_s": slot.keep_alive, "loads": slot.loads, "load_seconds": slot.load_seconds}
     if slot.state is not None:
         engine = slot.state.engine
-        body |= {"running": engine.running, "waiting": engine.waiting, "weights_bytes": slot.weights_bytes,
+        body |= {"running": engine.running, "waiting": engine.waiting, "batch_running": engine.batch_running,
+                 "batch_waiting": engine.batch_waiting, "weights_bytes": slot.weights_bytes,
                  "memory": engine.memory_stats(), "prompt_cache": engine.cache_stats()}
     return body

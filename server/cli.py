@@ -1,4 +1,4 @@
-"""The `swallow-server` command: serve (the default), convert, models, generate, chat."""
+"""The `swallow-server` command: serve (the default), convert, models, generate, chat, batch."""
 
 import argparse
 import logging
@@ -11,14 +11,14 @@ from server.config import DEFAULT_MODEL, ConfigError, load_settings
 from server.plumbing.exit import exit_now
 
 ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
-SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat")
+SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat", "batch")
 
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swallow-server",
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
-        "Subcommands: serve (default), convert, models, generate, chat.",
+        "Subcommands: serve (default), convert, models, generate, chat, batch.",
     )
     parser.add_argument("--model", action="append", dest="models_given", metavar="[ALIAS=]MODEL",
                         help=f"local MLX model directory, Hugging Face repo id, or 'demo' (a tiny random model, "
@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.console import chat
 
         return chat.main(rest)
+    if command == "batch":
+        from server.console import batch
+
+        return batch.main(rest)
     return serve(rest)
 
 

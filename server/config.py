@@ -134,9 +134,15 @@ class Settings(BaseModel):
     distributed_timeout: float = Field(20, gt=0)  # seconds a rank may wait for the others in one step
 
     # [responses]
-    data_dir: str = ""  # stored responses (SQLite); empty: <cache dir>/responses
+    data_dir: str = ""  # stored responses (SQLite), batches; empty: under the cache dir
     responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept
     responses_max_count: int = Field(0, ge=0)  # only the newest this many are kept; 0: all
+
+    # [batches]: the Batch API (server/batches/, docs/batches.md)
+    batch_retention_days: int = Field(30, ge=0)  # files and ended batches older than this are deleted; 0: kept
+    batch_disk_mb: int = Field(10240, ge=0)  # disk the batch files and results may take; past it: 507; 0: no cap
+    max_file_mb: int = Field(200, ge=1)  # largest upload (POST /v1/files) or Message Batches request body
+    batch_preemption: bool = True  # a live request takes a batch row at once; false: it waits for one to end
 
     @field_validator("keep_alive")
     @classmethod
@@ -176,6 +182,7 @@ TABLES: dict[str, tuple[str, ...]] = {
                "prompt_cache_disk_min_tokens", "openblas", "kv_memory_mb"),
     "distributed": ("distributed_timeout",),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
+    "batches": ("batch_retention_days", "batch_disk_mb", "max_file_mb", "batch_preemption"),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
 

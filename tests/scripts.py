@@ -143,3 +143,10 @@ CAPITAL_QUESTION = "日本の首都はどこですか？"
 CAPITAL_REASONING = "日本の首都について聞かれています。東京です。"
 CAPITAL_ANSWER = "日本の首都は東京です。"
 SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITAL_ANSWER)
+
+# ---- the Batch API (tests/test_batches.py) ----
+# short answers, so that a few hundred lines take little time; which one a line got shows that
+# its answer is its own request's
+BATCH_RED, BATCH_BLUE = "red", "blue"
+SCRIPTS["Batch line: say red"] = final(BATCH_RED)
+SCRIPTS["Batch line: say blue"] = final(BATCH_BLUE)

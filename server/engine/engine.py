@@ -17,6 +17,13 @@ KV cache (prompt + token limit) fits beside the running ones in the cache budget
 waits in the engine's queue (`waiting_for_memory`), and the prompt cache gives up entries to make
 room for it. One that could never fit is refused before it is submitted (`check_fits`).
 
+Live requests come first (batch work is a Generation with `background` set, server/batches/):
+admission takes every waiting live request before any batch row, and admits batch rows only into
+rows of the batch (max_batch_size) that live requests leave. A live request that finds the batch
+full, or not enough KV memory, takes the youngest batch rows out at once (at the step boundary):
+they end with "gave_way" and the batch runner runs them again later, their prompt from the
+prompt cache. So a live request never waits behind batch work.
+
 A failure touches one request: each request's sampler and logits processors run guarded, and a
 request whose own part raises ends alone with an error while the rest of the batch goes on. A
 failing model step fails the requests in the batch. If the engine thread itself dies, every
@@ -75,7 +82,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="swallow-engine", daemon=True)
         self._active: dict[int, Generation] = {}
         self._outbox: list = []  # (generation, token or Finished) of this step, for the event loop
-        self._held: deque[Generation] = deque()  # waiting for cache memory
+        self._held: deque[Generation] = deque()  # waiting for cache memory (or, batch rows, for a free row)
         self._inbox = 0  # submitted, not yet taken by the engine thread
         self.dead: str | None = None  # why the engine thread died, once it has
         self.on_death = None  # called (from the engine thread) with the reason
@@ -83,6 +90,7 @@ class Engine:
         self.kv_budget = 0  # bytes the KV caches may use
         self.kv_budget_source = ""
         self.prompt_cache = PromptCache(settings)
+        self.gave_way = 0  # batch rows taken out of the batch for live requests, so far
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -107,12 +115,22 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        """Submitted, not yet in the batch (in the inbox, or held for memory)."""
-        return self._inbox + len(self._held)
+        """Live requests submitted, not yet in the batch (in the inbox, or held for memory)."""
+        return self._inbox + sum(1 for g in list(self._held) if not g.background)
+
+    @property
+    def batch_running(self) -> int:
+        """Batch rows in the batch (of `running`)."""
+        return sum(1 for g in list(self._active.values()) if g.background)
+
+    @property
+    def batch_waiting(self) -> int:
+        """Batch rows submitted and held until live requests leave a row free."""
+        return sum(1 for g in list(self._held) if g.background)
 
     @property
     def waiting_for_memory(self) -> int:
-        return len(self._held)
+        return self.waiting - self._inbox
 
     def memory_stats(self) -> dict:
         return {"kv_budget_bytes": self.kv_budget, "kv_budget_from": self.kv_budget_source,
@@ -361,19 +379,45 @@ class Engine:
         return max(0, self.kv_budget - self._reserved_bytes())
 
     def _admit(self, batch: BatchGenerator) -> None:
-        """Moves waiting requests into the batch, first come first served, while their worst
-        case fits beside the running ones; the prompt cache gives up entries to make room."""
-        while self._held:
-            generation = self._held[0]
-            if generation.finished:  # cancelled while waiting
-                self._held.popleft()
-                continue
+        """Moves waiting requests into the batch, first come first served (live requests before
+        batch rows), while their worst case fits beside the running ones; the prompt cache gives
+        up entries to make room, and batch rows give way to live requests."""
+        while (generation := self._next_held()) is not None:
+            if not generation.background:
+                self._make_way(batch, generation)
             needed = self._reserved_bytes(generation)
             if self._active and needed > self.kv_budget:
                 return  # wait until running requests finish
-            self._held.popleft()
+            self._held.remove(generation)
             self.prompt_cache.trim_to(max(0, self.kv_budget - needed))
             self._insert(batch, generation)
+
+    def _next_held(self) -> Generation | None:
+        """The first live request waiting; else the first batch row, when the batch has a row
+        free (batch rows never queue inside the BatchGenerator, where live ones would wait
+        behind them)."""
+        while self._held and self._held[0].finished:  # cancelled while waiting
+            self._held.popleft()
+        live = next((g for g in self._held if not g.background and not g.finished), None)
+        if live is not None or not self._held:
+            return live
+        return self._held[0] if len(self._active) < self.settings.max_batch_size else None
+
+    def _make_way(self, batch: BatchGenerator, live: Generation) -> None:
+        """Takes batch rows out of the batch, youngest first (the least work lost), while the
+        live request would find the batch full or its KV cache would not fit (with
+        batch_preemption off, it waits for batch rows to end instead)."""
+        while self.settings.batch_preemption and (len(self._active) >= self.settings.max_batch_size or (
+                self._active and self._reserved_bytes(live) > self.kv_budget)):
+            youngest = next((g for g in reversed(self._active.values()) if g.background), None)
+            if youngest is None:
+                return
+            self.gave_way += 1
+            batch.remove([youngest.uid])
+            del self._active[youngest.uid]
+            for waiting in [youngest, *youngest.followers]:  # the line runs again, all its choices
+                waiting._deliver(Finished("gave_way"))
+            youngest.followers = []
 
     def _insert(self, batch: BatchGenerator, generation: Generation) -> None:
         if generation.finished:  # cancelled while waiting

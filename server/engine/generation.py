@@ -8,20 +8,26 @@ sampler and logits processors run guarded, so that a failure in them ends this r
 import asyncio
 import functools
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.sample_utils import greedy_sampler
 
+from server.engine.errors import GaveWay
 from server.engine.logprobs import LogprobCapture, Scored
 from server.engine.sampling import SamplingParams, make_request_sampler
 
 log = logging.getLogger("swallow.engine")
 
+# Work submitted while this is True is batch work (server/batches/ sets it around each line): the
+# engine admits it only into rows live requests leave, and takes it out again when they need them.
+BACKGROUND: ContextVar[bool] = ContextVar("swallow_background", default=False)
+
 
 @dataclass
 class Finished:
-    reason: str  # "stop" (a stop token was generated), "length", "cancelled" or "error"
+    reason: str  # "stop" (a stop token was generated), "length", "cancelled", "error" or "gave_way"
     error: str | None = None
 
 
@@ -48,6 +54,7 @@ class Generation:
     followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
     prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
     capture: LogprobCapture | None = None
+    background: bool = field(default_factory=BACKGROUND.get)  # batch work: live requests come first
 
     @functools.cached_property
     def watchers(self) -> list:
@@ -59,12 +66,16 @@ class Generation:
             self.engine._outbox.append((self, item))
 
     async def events(self):
-        """Yields generated token ids, then one Finished."""
+        """Yields generated token ids, then one Finished. Raises GaveWay when this batch row
+        was taken out of the batch for a live request."""
         while True:
             for item in await self.output.get():  # what one engine step delivered
                 if isinstance(item, Scored):
                     self.scores.append(item)
                     item = item.token
+                if isinstance(item, Finished) and item.reason == "gave_way":
+                    self.finished = True
+                    raise GaveWay("this batch row gave way to a live request", code="gave_way")
                 yield item
                 if isinstance(item, Finished):
                     self.finished = True

@@ -83,7 +83,12 @@ def _location(loc: tuple) -> str:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+    return validation_problem(exc.errors())
+
+
+def validation_problem(errors: list) -> tuple[str, str | None]:
+    """(message, param) for a body that failed its schema: pydantic's errors, their locations
+    from the body down (a batch line's body is checked with the same words)."""
     if not errors:
         return "Invalid request.", None
     first = errors[0]
