@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import models, prompts, report, runs, system
+from bench import batch, models, prompts, report, runs, system
 
 
 def parse_args(argv):
@@ -45,6 +45,8 @@ def parse_args(argv):
     p.add_argument("--skip-mlx-server", action="store_true", help="don't run mlx_lm.server")
     p.add_argument("--skip-raw", action="store_true", help="don't run raw mlx-lm")
     p.add_argument("--skip-quant", action="store_true", help="skip the quantized-model comparison")
+    p.add_argument("--skip-batch", action="store_true",
+                   help="skip the Batch API against raw BatchGenerator (python -m bench.batch has more)")
     p.add_argument("--openblas", choices=("auto", "on", "off"), default="auto",
                    help="preload Debian's OpenBLAS (libopenblas0-pthread) into every process (auto: when installed)")
     p.add_argument("--compare-blas", action=argparse.BooleanOptionalAction, default=None,
@@ -170,18 +172,31 @@ def main(argv=None) -> int:
                     "with_1": pair["with"]["streams"][1], "without_1": pair["without"]["streams"][1],
                     "blas": {k: pair[k].get("blas") for k in pair}}
 
+    batched = None
+    if not args.skip_batch:
+        lines, tokens = (32, args.stream_tokens) if args.quick else (64, 2 * args.stream_tokens)
+        print(f"\n[4] the Batch API: {lines} lines of {tokens} tokens, against raw BatchGenerator", flush=True)
+        try:
+            batched = batch.measure(main_model.path, raw_mode, openblas, log_dir, renderer, lines, tokens,
+                                    min(args.repeat, 2))
+            batched.update(lines=lines, tokens=tokens)
+        except Exception as e:
+            errors["batch"] = f"{type(e).__name__}: {e}".splitlines()[0]
+
     machine["load_after"] = system.load_average()
     elapsed = time.perf_counter() - started
-    print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed)
+    print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed, batched)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine, "openblas": openblas, "model": str(main_model.path), "args": vars(args),
-            "results": results, "quantized": quant, "blas_comparison": blas, "errors": errors, "elapsed_s": elapsed,
+            "results": results, "quantized": quant, "blas_comparison": blas, "batch": batched, "errors": errors,
+            "elapsed_s": elapsed,
         }, indent=2, default=str))
     return 1 if "swallow" in errors else 0
 
 
-def print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed):
+def print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed,
+                 batched=None):
     print("\n" + "=" * 100)
     print(f"swallow-server benchmark: {main_model.label}; {machine['cpu']}, {machine['cores']} cores, "
           f"{machine['ram_gb']} GB RAM; mlx {machine['mlx']}, mlx-lm {machine['mlx_lm']}, {machine['device']}; "
@@ -226,9 +241,17 @@ def print_report(args, machine, openblas, main_model, quant_model, results, quan
               f"{blas['blas']['with']} and {blas['blas']['without']}).")
     for key, why in errors.items():
         print(f"FAILED {key}: {why}")
+    if batched:
+        print(f"Batch API ({batched['lines']} lines of {batched['tokens']} tokens, batch 16): "
+              f"{batched['batch']['tps']:.1f} tok/s vs raw BatchGenerator {batched['raw']['tps']:.1f} tok/s, "
+              "from the start to the last token, prefill included (python -m bench.batch: also a live request "
+              "beside a batch).")
     print("\nTargets:")
     print(report.format_targets(report.targets(results, quant if quant_model else None, blas,
                                                 decode_target=0.95 if args.model == "demo" else 0.98)))
+    if batched:
+        met = batched["ratio"] >= batch.GOAL
+        print(f"- [{'MET' if met else 'MISSED'}] batch ≥ {batch.GOAL}× raw BatchGenerator: {batched['ratio']:.2f}×")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
          "--stream-tokens", "4", "--streams", "1,2", "--prefix-tokens", "200", "--reply-tokens", "6",
          "--log-dir", str(tmp_path / "logs"), "--json", str(out)],
         cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| metric" in done.stdout and "Targets:" in done.stdout
@@ -32,6 +32,7 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
     assert swallow["client_cpu_ms_per_token"] > 0  # the streaming client's own share of the machine
     assert "mlx" not in result["results"]  # skipped
     assert result["quantized"] == {}  # the demo model is not quantized
+    assert result["batch"]["ratio"] > 0 and "batch ≥ 0.9× raw BatchGenerator" in done.stdout  # [4] the Batch API
 
 
 def run_bench(module: str, args: list, cache_dir) -> str:
