@@ -159,6 +159,8 @@ class Runner:
 
     @staticmethod
     def _ended_as(batch: BatchRecord, now: float) -> str:
+        """cancelling -> cancelled; otherwise (finalizing too: a restart in the middle of it)
+        completed when every line is answered, else expired."""
         if batch.status == "cancelling":
             return "cancelled"
         return "expired" if batch.pending and now >= batch.expires_at else "completed"

@@ -345,7 +345,7 @@ class BatchStore:
         batch = self.batch(batch_id)
         if batch is None or batch.status in ENDED:
             return
-        self.set_status(batch_id, "finalizing")
+        self.set_status(batch_id, "finalizing", only_from=("validating", "in_progress"))  # cancelling stays
         output = errors = None
         if batch.api == "openai":
             output = self._write_file(batch, "succeeded", None)
