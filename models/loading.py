@@ -14,12 +14,6 @@ from .vocab import load_harmony_encoding_offline
 
 logger = logging.getLogger("swallow.models")
 
-# What a GPT-OSS MLX repo needs at run time (weights, configs, tokenizer, custom code if any,
-# docs); leaves out e.g. the original PyTorch checkpoint some repos also carry.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "*.jinja", "*.tiktoken", "*.md"]
-# Seconds to wait for the Hub to answer a metadata request before falling back to a cached copy.
-HUB_ETAG_TIMEOUT_S = 10
-
 # "owner/name" or a bare legacy "name", in the Hub's allowed characters.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _USAGE_HINT = (
@@ -59,28 +53,32 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _download(repo_id: str) -> Path:
-    import huggingface_hub
-    from huggingface_hub import errors
+    """The repo's snapshot in the Hugging Face cache, downloaded (with progress on standard
+    error: bars on a terminal, log lines otherwise) when it isn't complete there. Files already
+    cached are checked by size, new ones by hash too (models/download.py). When the Hub can't be
+    reached, a complete cached copy is used as it is."""
+    from huggingface_hub import constants
 
+    from . import download, progress
+
+    if constants.HF_HUB_OFFLINE:  # asked not to ask the Hub
+        cached = download.cached_snapshot(repo_id)
+        if cached is None:
+            raise ModelError(f"'{repo_id}' is not (completely) in the local Hugging Face cache, and HF_HUB_OFFLINE "
+                             f"is set. {_USAGE_HINT}")
+        return cached
     try:
-        path = huggingface_hub.snapshot_download(
-            repo_id, allow_patterns=HUB_PATTERNS, etag_timeout=HUB_ETAG_TIMEOUT_S
-        )
-    except errors.GatedRepoError as e:
-        why = "it is gated: accept its terms on huggingface.co and log in with `hf auth login`"
-        raise ModelError(f"Could not download '{repo_id}' from Hugging Face: {why}. {_USAGE_HINT}") from e
-    except errors.RepositoryNotFoundError as e:
-        why = "no such repository (or it is private and you are not logged in)"
-        raise ModelError(f"Could not download '{repo_id}' from Hugging Face: {why}. {_USAGE_HINT}") from e
-    except errors.LocalEntryNotFoundError as e:
-        why = "the Hub could not be reached and no copy is in the local Hugging Face cache"
-        raise ModelError(f"Could not download '{repo_id}' from Hugging Face: {why}. {_USAGE_HINT}") from e
-    except Exception as e:  # network errors, bad revisions, full disk…: all end the same way
-        raise ModelError(f"Could not download '{repo_id}' from Hugging Face: {e}. {_USAGE_HINT}") from e
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelError(f"The Hugging Face repository '{repo_id}' has no config.json, so it is not a model. {_USAGE_HINT}")
-    return path
+        with progress.shown(write=logger.info) as show:
+            return download.pull(repo_id, on_event=show, verify_all=False)
+    except download.HubUnreachable as e:
+        cached = download.cached_snapshot(repo_id)
+        if cached is None:
+            raise ModelError(f"{e} No complete copy of it is in the local Hugging Face cache either. "
+                             f"{_USAGE_HINT}") from e
+        logger.warning("%s Using the copy in the local Hugging Face cache.", e)
+        return cached
+    except ModelError as e:
+        raise ModelError(f"{e} {_USAGE_HINT}") from e
 
 
 def resolve_model_path(spec: str) -> Path:
@@ -98,33 +96,92 @@ def resolve_model_path(spec: str) -> Path:
         raise ModelError(f"{local} is a file; --model takes a model directory. {_USAGE_HINT}")
     if _looks_like_path(spec):
         raise ModelError(f"No such directory: {local}. {_USAGE_HINT}")
-    return _download(spec)
+    from .catalog import resolve
+
+    return _download(resolve(spec))  # a repo id, or a known short name for one ("swallow:8bit")
 
 
-def memory_limit_bytes() -> int:
-    """How much memory a model may use here: Metal's recommended working set on Apple Silicon
-    (what the GPU may wire), else the machine's physical memory."""
+def memory_limit() -> tuple[int, str]:
+    """(how much memory a model may use here, where the number comes from): Metal's recommended
+    working set on Apple Silicon (what the GPU may wire), else the machine's physical memory."""
     import mlx.core as mx
 
     if mx.metal.is_available():
         info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
-        return int(info["max_recommended_working_set_size"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(info["max_recommended_working_set_size"]), "Metal's recommended working set"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
 
 
-def check_memory(model_dir: Path, shards: int = 1) -> None:
-    """ModelError when the model's weights alone exceed the memory they may use here (`shards`:
-    processes splitting the model, each holding about 1/shards of it)."""
+def memory_limit_bytes() -> int:
+    return memory_limit()[0]
+
+
+# The least context worth serving, for the memory check: one request of the default max_tokens.
+MIN_KV_TOKENS = 4096
+
+
+def _config_of(model_dir: Path) -> dict:
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def weights_in_memory(model_dir: Path) -> int:
+    """The weights' size once loaded, as well as the files tell: their bytes on disk, twice that for
+    16-bit unquantized weights where there is no GPU (they are held in float32 there)."""
+    size = sum(f.stat().st_size for f in Path(model_dir).glob("model*.safetensors"))
+    config = _config_of(model_dir)
+    if not has_gpu() and not config.get("quantization") and config.get("torch_dtype") in ("bfloat16", "float16"):
+        size *= 2
+    return size
+
+
+def kv_cache_cost(config: dict) -> tuple[int, int]:
+    """(bytes per context token, fixed bytes) of one request's KV cache, from a config.json:
+    full-attention layers grow with the context, sliding-window ones stop at their window.
+    Elements are 16-bit with a GPU, float32 without (the CPU runs in float32). (0, 0) for a
+    config that doesn't say its attention shape. The engine measures the real cost once the
+    model is loaded (server/engine/memory.py); this is for deciding before loading."""
+    layers, heads = config.get("num_hidden_layers"), config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else 0)
+    if not (layers and kv_heads and head_dim):
+        return 0, 0
+    per_layer = 2 * kv_heads * head_dim * (2 if has_gpu() else 4)  # keys and values
+    kinds = config.get("layer_types") or ["full_attention"] * layers
+    sliding = sum(1 for kind in kinds if kind == "sliding_attention")
+    return per_layer * (len(kinds) - sliding), per_layer * sliding * int(config.get("sliding_window") or 0)
+
+
+def check_memory(model_dir: Path, shards: int = 1, kv_memory_mb: int = 0) -> None:
+    """ModelError, with the numbers, when the model's weights and the least KV cache it can serve
+    with don't fit in the memory a model may use here (`shards`: processes splitting the model,
+    each holding about 1/shards of it). That least cache is kv_memory_mb when it is set (the
+    engine reserves that much), else one request of MIN_KV_TOKENS tokens."""
+    from .download import format_size as _size
+
     model_dir = Path(model_dir)
-    needed = sum(f.stat().st_size for f in model_dir.glob("model*.safetensors")) // max(1, shards)
-    limit = memory_limit_bytes()
-    if needed > limit:
+    config = _config_of(model_dir)
+    shards = max(1, shards)
+    weights = weights_in_memory(model_dir) // shards
+    if kv_memory_mb:
+        kv, kv_for = kv_memory_mb * 2**20, f"kv_memory_mb = {kv_memory_mb}"
+    else:
+        tokens = min(MIN_KV_TOKENS, context_length_of(config))
+        per_token, fixed = kv_cache_cost(config)
+        kv, kv_for = (tokens * per_token + fixed) // shards, f"one {tokens:,}-token request, the least it can serve"
+    limit, limit_from = memory_limit()
+    if weights + kv > limit:
         split = f" (its share on each of {shards} processes)" if shards > 1 else ""
+        lower = "lower kv_memory_mb, " if kv_memory_mb else ""
         raise ModelError(
-            f"The model in {model_dir} needs ~{_gb(needed)}{split} of memory for its weights, but this "
-            f"machine can give a model only ~{_gb(limit)}. Use a smaller variant (for example a "
-            "6-bit conversion, ~17 GB, instead of 8-bit or fp16), or --model demo to try the "
-            "server with a tiny random model."
+            f"The model in {model_dir} needs ~{_size(weights)} of memory for its weights{split} + ~{_size(kv)} "
+            f"for its KV cache ({kv_for}) = ~{_size(weights + kv)}, but this machine can give a model only "
+            f"~{_size(limit)} ({limit_from}). Loading it would swap or crash, so it is not loaded: {lower}use a "
+            "smaller variant (for example a 6-bit conversion, ~17 GB, instead of 8-bit or fp16), or "
+            "--model demo to try the server with a tiny random model."
         )
 
 
@@ -159,9 +216,10 @@ def _weights_summary(model) -> tuple[str, int]:
     return (max(by_dtype, key=by_dtype.get) if by_dtype else "unknown"), total
 
 
-def prepare_model(spec: str, *, trust_remote_code: bool = False, shards: int = 1) -> Path:
+def prepare_model(spec: str, *, trust_remote_code: bool = False, shards: int = 1, kv_memory_mb: int = 0) -> Path:
     """Everything that can fail before loading, and is cheap: find (or download) the model,
-    read its config, check trust and memory. Raises ModelError with a message for the user."""
+    read its config, check trust and memory (check_memory). Raises ModelError with a message for
+    the user."""
     path = resolve_model_path(spec)
     try:
         config = json.loads((path / "config.json").read_text())
@@ -173,7 +231,7 @@ def prepare_model(spec: str, *, trust_remote_code: bool = False, shards: int = 1
             f"({config['model_file']}). That code runs on your machine with your permissions, so it "
             "is off by default: pass --trust-remote-code if you trust this model's author."
         )
-    check_memory(path, shards)
+    check_memory(path, shards, kv_memory_mb)
     return path
 
 

@@ -1,5 +1,6 @@
 """The FastAPI application: routes, error handlers and shared state."""
 
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,8 @@ from server.api.files import routes as files
 from server.api.messages import batches as message_batches
 from server.api.messages import errors as messages_errors
 from server.api.messages import routes as messages
+from server.api.ollama import errors as ollama_errors
+from server.api.ollama import routes as ollama
 from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.api.tokenize import routes as tokenize
@@ -55,6 +58,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     admission = Admission(settings.max_concurrency or settings.max_batch_size, settings.max_queue)
     app.state.admission = admission
     app.add_middleware(HoldModels)  # innermost: a request's model is busy until its last byte is out
+    app.add_middleware(ollama.OllamaHTTP, port=settings.ollama_port)  # bodies read as Ollama reads them
     middleware.install(app, settings, admission)
     metrics.bind(admission, registry)
     app.include_router(metrics.router)
@@ -67,7 +71,9 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(message_batches.router)
     app.include_router(models_router)
+    app.include_router(ollama.router)
     register_shape("/v1/messages", messages_errors.SHAPE)  # Anthropic's error shape on its paths
+    register_shape("/api", ollama_errors.SHAPE)  # Ollama's under /api
     app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)
     # The Batch API: files and batches in data_dir, run in the background by the same endpoints' code
@@ -104,7 +110,8 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
 def _model_health(registry: Registry, slot: Slot) -> dict:
     body = {"loaded": slot.state is not None, "loading": slot.loading is not None,
             "default": slot is registry.default, "requests": slot.leases, "waiting_for_load": slot.waiting,
-            "keep_alive_s": slot.keep_alive, "loads": slot.loads, "load_seconds": slot.load_seconds}
+            "keep_alive_s": slot.keep_alive, "loads": slot.loads, "load_seconds": slot.load_seconds,
+            "idle_s": None if slot.busy else round(time.monotonic() - slot.last_used, 1)}
     if slot.state is not None:
         engine = slot.state.engine
         body |= {"running": engine.running, "waiting": engine.waiting, "batch_running": engine.batch_running,

@@ -1,4 +1,5 @@
-"""The `swallow-server` command: serve (the default), convert, models, generate, chat, batch."""
+"""The `swallow-server` command: serve (the default), convert, models, pull, ls, ps, rm, generate, chat,
+batch."""
 
 import argparse
 import logging
@@ -11,14 +12,15 @@ from server.config import DEFAULT_MODEL, ConfigError, load_settings
 from server.plumbing.exit import exit_now
 
 ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
-SUBCOMMANDS = ("serve", "convert", "models", "generate", "chat", "batch")
+SUBCOMMANDS = ("serve", "convert", "models", "pull", "ls", "ps", "rm", "generate", "chat", "batch")
+MODEL_COMMANDS = ("pull", "ls", "ps", "rm")  # server/registry/model_commands.py
 
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swallow-server",
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
-        "Subcommands: serve (default), convert, models, generate, chat, batch.",
+        "Subcommands: serve (default), convert, models, pull, ls, ps, rm, generate, chat, batch.",
     )
     parser.add_argument("--model", action="append", dest="models_given", metavar="[ALIAS=]MODEL",
                         help=f"local MLX model directory, Hugging Face repo id, or 'demo' (a tiny random model, "
@@ -26,6 +28,8 @@ def serve_parser() -> argparse.ArgumentParser:
                         f"(or a [[models]] alias of config.toml). Default: {DEFAULT_MODEL}")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--ollama-port", type=int, help="also listen on this port, for apps that only talk to "
+                        "Ollama's (11434) (default: none)")
     parser.add_argument("--config", help="TOML settings file (default: ./config.toml when present)")
     parser.add_argument("--trust-remote-code", action="store_true", default=None,
                         help="allow a model directory's own architecture file (config.json model_file)")
@@ -55,6 +59,9 @@ def serve(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("swallow.server")
+    if settings.log_level != "debug":  # a line per request huggingface_hub makes, among the download's progress
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     from server.blas import blas_in_use, preload_openblas
 
@@ -74,7 +81,8 @@ def serve(argv: list[str]) -> int:
         from server.distributed.follower import serve_follower
 
         try:
-            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size)
+            model_path = prepare_model(settings.model, trust_remote_code=settings.trust_remote_code, shards=world.size,
+                                       kv_memory_mb=settings.kv_memory_mb)
         except ModelError as e:
             print(f"swallow-server: {e}", file=sys.stderr)
             return exit_now(1)
@@ -87,6 +95,10 @@ def serve(argv: list[str]) -> int:
     except (ModelError, ConfigError) as e:
         print(f"swallow-server: {e}", file=sys.stderr)
         return exit_now(1)
+    except KeyboardInterrupt:  # Ctrl-C during the first start's download (or the load)
+        print("swallow-server: interrupted. Files already downloaded are kept in the Hugging Face cache; "
+              "the next start (or `swallow-server pull MODEL`) downloads the rest.", file=sys.stderr)
+        return exit_now(130)
 
     import uvicorn
 
@@ -104,12 +116,18 @@ def serve(argv: list[str]) -> int:
         threading.Timer(ENGINE_DEATH_GRACE, lambda: setattr(server, "should_exit", True)).start()
 
     registry.on_death = engine_died
+    try:
+        sockets = listening_sockets(settings)
+    except OSError as e:
+        print(f"swallow-server: {e}", file=sys.stderr)
+        registry.stop()
+        return exit_now(1)
     # uvicorn handles SIGTERM/SIGINT: it stops accepting, lets requests in flight finish for up to
     # shutdown_timeout seconds, then returns; it then re-raises the signal to the handlers it
     # found, so these no-op ones make that a clean exit 0 after engine.stop().
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
+    server.run(sockets=sockets)
     dead = registry.dead
     registry.stop()
     status = 0
@@ -119,6 +137,31 @@ def serve(argv: list[str]) -> int:
     else:
         log.info("engine stopped; exiting")
     return exit_now(status)
+
+
+def listening_sockets(settings) -> list | None:
+    """The sockets uvicorn serves: None (it binds `port` itself), or with `ollama_port` both ports,
+    one server and one app behind them (Ollama's API, like every other, answers on either)."""
+    if not settings.ollama_port:
+        return None
+    import socket
+
+    sockets = []
+    for port in (settings.port, settings.ollama_port):
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, port))
+        except OSError as e:
+            for opened in [*sockets, sock]:
+                opened.close()
+            hint = " (is Ollama itself running?)" if port == settings.ollama_port else ""
+            raise OSError(f"can't listen on {settings.host}:{port}: {e.strerror or e}{hint}") from e
+        sockets.append(sock)
+    logging.getLogger("swallow.server").info("listening on %s, ports %d and %d (Ollama's API)", settings.host,
+                                             settings.port, settings.ollama_port)
+    return sockets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.registry import command as models_command
 
         return models_command.main(rest)
+    if command in MODEL_COMMANDS:
+        from server.registry import model_commands
+
+        return model_commands.main(command, rest)
     if command == "generate":
         from server.console import generate
 

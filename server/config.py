@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 log = logging.getLogger("swallow.config")
 
@@ -73,6 +73,7 @@ class Settings(BaseModel):
     # [server]
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    ollama_port: int = Field(0, ge=0, le=65535)  # also listen here (Ollama's is 11434); 0: don't
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # [security]
@@ -150,6 +151,13 @@ class Settings(BaseModel):
         keep_alive_seconds(value)  # ValueError: not a duration
         return value
 
+    @field_validator("ollama_port")
+    @classmethod
+    def _two_ports(cls, value: int, info: ValidationInfo) -> int:
+        if value and value == info.data.get("port"):
+            raise ValueError(f"{value} is the server's port too; give another one (Ollama's is 11434), or 0 for none")
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value):
@@ -169,7 +177,7 @@ class Settings(BaseModel):
 # config.toml's tables and the settings each one groups. `models` is the list of [[models]] tables,
 # at the top level. tests/test_docs.py checks that config.toml and docs/configuration.md agree.
 TABLES: dict[str, tuple[str, ...]] = {
-    "server": ("host", "port", "log_level"),
+    "server": ("host", "port", "ollama_port", "log_level"),
     "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public"),
     "limits": ("max_concurrency", "max_queue", "shutdown_timeout", "max_messages"),
     "model": ("model", "served_model_name", "trust_remote_code", "context_length", "model_identity",

@@ -119,8 +119,13 @@ def start_server(tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="session")
 def scripted_server(start_server, scripted_model) -> RunningServer:
-    """The scripted model behind the real server, greedy by default (replies are exact anyway)."""
-    return start_server(["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted"])
+    """The scripted model behind the real server, greedy by default (replies are exact anyway).
+    It also listens on a second port as Ollama's would (`ollama_url`, tests/test_ollama.py)."""
+    ollama_port = free_port()
+    server = start_server(["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted",
+                           "--ollama-port", str(ollama_port)])
+    server.ollama_url = f"http://127.0.0.1:{ollama_port}"
+    return server
 
 
 @pytest.fixture(scope="session")

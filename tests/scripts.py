@@ -144,6 +144,10 @@ CAPITAL_REASONING = "日本の首都について聞かれています。東京�
 CAPITAL_ANSWER = "日本の首都は東京です。"
 SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITAL_ANSWER)
 
+# ---- forced calls on every API (test_tools.py, test_messages.py, test_responses_sdks.py) ----
+# a call the model ends without writing arguments: a forced call still gets JSON ({})
+SCRIPTS["Call without arguments"] = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|><|call|>"
+
 # ---- the Batch API (tests/test_batches.py) ----
 # short answers, so that a few hundred lines take little time; which one a line got shows that
 # its answer is its own request's

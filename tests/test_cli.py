@@ -1,6 +1,7 @@
 """The command line: settings precedence, clear failures, and the demo model end to end."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -75,6 +76,16 @@ def test_model_file_needs_trust_remote_code(scripted_model):
     result = run_cli("--model", str(scripted_model), "--port", "0")
     assert result.returncode == 1
     assert "--trust-remote-code" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_that_cant_fit_is_refused_before_loading_with_the_numbers(scripted_model):
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 + 1
+    result = run_cli("--model", str(scripted_model), "--trust-remote-code", "--port", "0",
+                     env={"SWALLOW_KV_MEMORY_MB": str(memory_mb)}, timeout=30)  # a KV budget larger than the machine
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(rf"needs ~[\d.]+ k?B of memory for its weights \+ ~[\d.]+ GB for its KV cache \(kv_memory_mb = "
+                     rf"{memory_mb}\) = ~[\d.]+ GB, but this machine can give a model only ~[\d.]+ GB \((this machine's "
+                     r"memory|Metal's recommended working set)\)", result.stderr), result.stderr
 
 
 def test_demo_model_serves_the_whole_api(demo_server):

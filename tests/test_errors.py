@@ -1,5 +1,7 @@
 """Every bad request gets a 400 with OpenAI's error object, and the server keeps serving."""
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -33,8 +35,10 @@ def assert_error(response, status=400, param=None):
     ({"messages": []}, "messages"),
     ({}, "messages"),
     ({"messages": "hello"}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, None),
-    ({"messages": [{"role": "user", "content": 42}]}, None),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 42}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
     ({"messages": USER, "temperature": 5}, "temperature"),
     ({"messages": USER, "temperature": "hot"}, "temperature"),
     ({"messages": USER, "top_p": 0}, "top_p"),
@@ -43,7 +47,10 @@ def assert_error(response, status=400, param=None):
     ({"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, None),
     ({"messages": USER, "stop": [""]}, None),
     ({"messages": USER, "stream": "yes please"}, "stream"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[0].type"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"description": "no name"}}]},
+     "tools[0].function.name"),
 ])
 def test_invalid_requests_are_400(scripted_server, body, param):
     assert_error(post(scripted_server, body), param=param)
@@ -52,7 +59,25 @@ def test_invalid_requests_are_400(scripted_server, body, param):
 def test_image_parts_say_why(scripted_server):
     error = assert_error(post(scripted_server, {"messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}))
-    assert "image_url" in error["message"] and "text" in error["message"]
+    assert error["message"] == ("Invalid request: messages[0].content[0].type: content parts of type 'image_url' "
+                                "are not supported; this model reads text only")
+
+
+def test_the_access_log_says_why_a_request_failed(scripted_server):
+    """A 4xx's access-log line carries the error's code, else the start of its message."""
+    post(scripted_server, {"messages": [{"role": "wizard", "content": "hi"}]}, headers={"X-Request-ID": "why-1"})
+    post(scripted_server, {"messages": [{"role": "user", "content": "word " * 5000}]}, headers={"X-Request-ID": "why-2"})
+
+    def line(request_id):
+        for _ in range(50):  # the line is written as the response ends
+            found = [line for line in scripted_server.log().splitlines() if f"request_id={request_id}" in line]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no access-log line for {request_id}")
+
+    assert '" 400 ' in line("why-1") and ' error="Invalid request: messages[0].role: Input should be' in line("why-1")
+    assert '" 400 ' in line("why-2") and " error=context_length_exceeded " in line("why-2")
 
 
 def test_malformed_json_is_400(scripted_server):

@@ -103,6 +103,13 @@ def test_tool_choice_forces_a_call(claude):
                                      messages=[{"role": "user", "content": "Weather please"}])
     assert message.stop_reason == "tool_use"
     assert message.content[-1].input == {"city": "Nagoya"}
+    # a call the model ends without arguments: `{}`, also as the stream's input_json_delta
+    empty = {"model": "m", "max_tokens": 200, "tools": [WEATHER_TOOL], "tool_choice": {"type": "any"},
+             "messages": [{"role": "user", "content": "Call without arguments"}]}
+    assert claude.messages.create(**empty).content[-1].input == {}
+    with claude.messages.stream(**empty) as stream:
+        fragments = [e.delta.partial_json for e in stream if e.type == "content_block_delta"]
+        assert fragments == ["{}"] and stream.get_final_message().content[-1].input == {}
 
 
 def test_a_call_to_an_undeclared_tool_is_text(claude):
@@ -200,9 +207,18 @@ def test_claude_codes_request_shape(scripted_server):
 @pytest.mark.parametrize("body, param_text", [
     ({"messages": ASK}, "max_tokens"),
     ({"max_tokens": 10, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]}, "'image'"),
-    ({"max_tokens": 10, "messages": [{"role": "user", "content": [
-        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]}, "'document'"),
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]},
+     "messages[0].content[0].type: content blocks of type 'image'"),
+    ({"max_tokens": 10, "messages": [ASK[0], {"role": "user", "content": [{"type": "text", "text": "x"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]},
+     "messages[1].content[1].type: content blocks of type 'document'"),
+    ({"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                                                   "content": [{"type": "image"}]}]}]},
+     "messages[0].content[0].content[0].type"),
+    ({"max_tokens": 10, "messages": ASK, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     "tools[0].type: tools of type 'web_search_20250305'"),
+    ({"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t"}]}]},
+     "messages[0].content[0].name: Field required"),
     ({"max_tokens": 10, "messages": [{"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "toolu_nope", "content": "x"}]}]}, "toolu_nope"),
     ({"max_tokens": 10, "messages": ASK, "tool_choice": {"type": "any"}}, "tool_choice"),

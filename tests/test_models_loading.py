@@ -225,3 +225,35 @@ def test_check_memory(tmp_path):
     with pytest.raises(ModelError) as info:
         check_memory(huge)
     assert str(info.value).count(" GB") >= 2 and "--model demo" in str(info.value)
+
+
+def test_check_memory_counts_the_least_kv_cache_and_says_the_numbers(tmp_path):
+    from models.download import format_size as _size
+    from models.loading import has_gpu, kv_cache_cost
+
+    # gpt-oss-20b's attention: 12 full-attention layers and 12 with a 128-token window, 8 KV heads of 64
+    config = {"model_type": "gpt_oss", "num_hidden_layers": 24, "num_attention_heads": 64, "num_key_value_heads": 8,
+              "head_dim": 64, "sliding_window": 128, "max_position_embeddings": 131072, "quantization": {"bits": 6},
+              "layer_types": ["sliding_attention", "full_attention"] * 12}
+    element = 2 if has_gpu() else 4
+    assert kv_cache_cost(config) == (12 * 2 * 8 * 64 * element, 12 * 2 * 8 * 64 * element * 128)
+    per_token, fixed = kv_cache_cost(config)
+    kv = 4096 * per_token + fixed
+
+    tight = tmp_path / "tight"
+    tight.mkdir()
+    (tight / "config.json").write_text(json.dumps(config))
+    weights = memory_limit_bytes() - kv // 2  # the weights fit alone, not with one request's cache
+    with open(tight / "model.safetensors", "wb") as f:
+        os.truncate(f.fileno(), weights)  # sparse: takes no disk
+    with pytest.raises(ModelError) as info:
+        check_memory(tight)
+    assert (f"needs ~{_size(weights)} of memory for its weights + ~{_size(kv)} for its KV cache (one 4,096-token "
+            f"request, the least it can serve) = ~{_size(weights + kv)}, but this machine can give a model only "
+            f"~{_size(memory_limit_bytes())} (") in str(info.value)
+    check_memory(tight, shards=2)  # half of it on each of two processes fits
+
+    (tight / "model.safetensors").unlink()
+    budget_mb = memory_limit_bytes() // 2**20 + 1
+    with pytest.raises(ModelError, match=rf"\(kv_memory_mb = {budget_mb}\) = .* lower kv_memory_mb"):
+        check_memory(tight, kv_memory_mb=budget_mb)  # a KV budget larger than the machine

@@ -140,15 +140,21 @@ def assert_400(response, mentions: str = "", param: str | None = None):
 @pytest.mark.parametrize("tool", ["file_search", "computer_use_preview", "code_interpreter", "web_search_preview",
                                   "image_generation", "mcp", "local_shell", "custom"])
 def test_unsupported_tool_types_are_400_naming_them(scripted_server, tool):
-    assert_400(post(scripted_server, {"input": "hi", "tools": [{"type": tool}]}), f"'{tool}'")
+    assert_400(post(scripted_server, {"input": "hi", "tools": [WEATHER_TOOL, {"type": tool}]}), f"'{tool}'", "tools[1].type")
 
 
 @pytest.mark.parametrize("body, mentions, param", [
     ({}, "input", None),
     ({"input": 42}, "", "input"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "'item_reference'", None),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "'input_image'", None),
-    ({"input": [{"role": "wizard", "content": "hi"}]}, "", None),
+    ({"input": [{"role": "user", "content": "hi"}, {"type": "computer_call", "id": "cu_1"}]}, "'computer_call'",
+     "input[1].type"),
+    ({"input": [{"type": "item_reference", "id": "rs_never_stored"}]}, "'rs_never_stored'", "input[0].id"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "'input_image'",
+     "input[0].content[0].type"),
+    ({"input": [{"role": "wizard", "content": "hi"}]}, "", "input[0].role"),
+    ({"input": [{"type": "function_call", "call_id": "c1"}]}, "input[0].name: Field required", "input[0].name"),
+    ({"input": "hi", "reasoning": {"summary": "verbose"}}, "", "reasoning.summary"),
+    ({"input": "hi", "text": {"format": {"type": "xml"}}}, "'xml'", "text.format.type"),
     ({"input": [{"type": "function_call_output", "call_id": "nope", "output": "x"}]}, "'nope'", "input[0].call_id"),
     ({"input": "hi", "reasoning": {"effort": "extreme"}}, "", "reasoning.effort"),
     ({"input": "hi", "tool_choice": "required"}, "tool_choice", "tool_choice"),

@@ -4,6 +4,7 @@ limit, /metrics behind the key."""
 import time
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -227,3 +228,17 @@ def test_max_messages_is_configurable_and_counts_a_stored_conversation(keyed_ser
         client.responses.create(model="m", input="And 3+3?", previous_response_id=first.id)
     assert caught.value.body["code"] == "too_many_messages" and caught.value.body["param"] == "input"
     assert "4 items" in caught.value.body["message"]
+
+
+# ---- Ollama's API (/api) is guarded like /v1 ----------------------------------------------
+
+def test_ollamas_api_wants_the_key_and_a_local_origin(keyed_server, scripted_server):
+    missing = httpx.post(f"{keyed_server.url}/api/chat", json={**CHAT, "stream": False}, timeout=10)
+    assert missing.status_code == 401 and list(missing.json()) == ["error"]  # Ollama's error shape
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=keyed_server.url).list()
+    assert refused.value.status_code == 401
+    keyed = ollama.Client(host=keyed_server.url, headers=auth())
+    assert keyed.chat(model="scripted", messages=CHAT["messages"]).message.content == JAPANESE_ANSWER
+    evil = httpx.post(f"{scripted_server.url}/api/chat", json=CHAT, headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and "cors_origins" in evil.json()["error"]

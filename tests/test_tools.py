@@ -166,6 +166,18 @@ def test_tool_choice_named_and_required_force_a_call(client):
         assert finish == "tool_calls"
 
 
+def test_a_forced_call_without_arguments_gets_an_empty_object(client):
+    """The model ends a forced call at once (`<|call|>` right after the forced header): its
+    arguments are still JSON, `{}`, stream or not."""
+    question = [{"role": "user", "content": "Call without arguments"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        reply = client.chat.completions.create(model="m", messages=question, tools=[WEATHER], tool_choice=choice)
+        assert reply.choices[0].message.tool_calls[0].function.arguments == "{}"
+        calls, *_, finish = accumulate(client.chat.completions.create(
+            model="m", messages=question, tools=[WEATHER], tool_choice=choice, stream=True))
+        assert calls[0]["name"] == "get_weather" and calls[0]["arguments"] == "{}" and finish == "tool_calls"
+
+
 def test_parallel_tool_calls_is_accepted(client):
     reply = client.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], parallel_tool_calls=False)
     assert reply.choices[0].finish_reason == "tool_calls"

@@ -3,7 +3,7 @@ validating one is a 400 that names its type."""
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class Unsupported(BaseModel):
@@ -14,6 +14,7 @@ class Unsupported(BaseModel):
     type: str
     what: ClassVar[str] = "content parts"  # how the API calls them; not a field a client can set
 
-    @model_validator(mode="after")
-    def _refuse(self):
-        raise ValueError(f"{self.what} of type {self.type!r} are not supported; this model reads text only")
+    @field_validator("type")
+    @classmethod
+    def _refuse(cls, kind: str):  # on the field, so that the error names `....type`
+        raise ValueError(f"{cls.what} of type {kind!r} are not supported; this model reads text only")

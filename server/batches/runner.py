@@ -32,7 +32,7 @@ from server.batches.store import BatchRecord, BatchStore, Result
 from server.engine.errors import GaveWay
 from server.engine.generation import BACKGROUND
 from server.plumbing import metrics
-from server.plumbing.errors import APIError, invalid_request, shaped_body, validation_problem
+from server.plumbing.errors import APIError, body_problem, invalid_request, shaped_body
 from server.plumbing.middleware import json_problem
 from server.registry.lease import idle_time
 
@@ -229,7 +229,7 @@ class Runner:
             try:
                 body = endpoint.schema.model_validate(data)
             except ValidationError as e:
-                raise invalid_request(*validation_problem(e.errors())) from None
+                raise invalid_request(*body_problem(endpoint.schema, e)) from None
             slot = self.registry.find(body.model)
             state = await self.registry.acquire(slot, idle_time(body.keep_alive))
             try:

@@ -8,6 +8,7 @@ sampler and logits processors run guarded, so that a failure in them ends this r
 import asyncio
 import functools
 import logging
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -54,6 +55,10 @@ class Generation:
     followers: list = field(default_factory=list)  # engine thread: waiting for this prompt
     prompt_read: bool = False  # engine thread: the first token came (its prompt is in the cache)
     capture: LogprobCapture | None = None
+    # when it was submitted and when its first token reached the event loop (time.perf_counter):
+    # the prompt's reading time and the generation's, as Ollama's API reports them
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
     background: bool = field(default_factory=BACKGROUND.get)  # batch work: live requests come first
 
     @functools.cached_property
@@ -70,6 +75,8 @@ class Generation:
         was taken out of the batch for a live request."""
         while True:
             for item in await self.output.get():  # what one engine step delivered
+                if self.first_token_at is None and not isinstance(item, Finished):
+                    self.first_token_at = time.perf_counter()
                 if isinstance(item, Scored):
                     self.scores.append(item)
                     item = item.token

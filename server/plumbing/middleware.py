@@ -1,15 +1,17 @@
 """What every request goes through before an endpoint sees it, outermost first:
 
 1. RequestLog: a request id (the client's X-Request-ID when it is sane, else a new one),
-   returned in X-Request-ID; one access-log line and the HTTP metrics per request; an
-   exception that escapes the app becomes a 500 error object, or, once a stream has begun,
-   an error event and `data: [DONE]` so the stream still ends cleanly.
+   returned in X-Request-ID; one access-log line and the HTTP metrics per request (an error
+   response's line says why: its code, else the start of its message); an exception that
+   escapes the app becomes a 500 error object, or, once a stream has begun, an error event
+   (an NDJSON error line on Ollama's API) so the stream still ends cleanly.
 2. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
-   from any other origin gets 403 (CORS headers alone would let it run, unread).
-3. ApiKey (only with an api_key): /v1/* (and /metrics, with metrics_public = false) wants
+   (or Ollama's /api/*) from any other origin gets 403 (CORS headers alone would let it run, unread).
+3. ApiKey (only with an api_key): /v1/* and /api/* (and /metrics, with metrics_public = false) want
    `Authorization: Bearer <key>` or `x-api-key`, else 401.
-4. Gate: bodies over max_body_mb (max_file_mb for the Batch API's uploads) get 413; a lone surrogate in a JSON string or JSON nested
-   more than MAX_DEPTH levels gets 400; generating endpoints go through admission
+4. Gate: bodies over max_body_mb (max_file_mb for the Batch API's uploads) get 413; a lone
+   surrogate in a JSON string or JSON nested more than MAX_DEPTH levels gets 400; generating
+   endpoints go through admission
    (server/plumbing/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
 
 All are plain ASGI middleware: no BaseHTTPMiddleware, so streams pass through unbuffered and
@@ -35,14 +37,18 @@ from server.plumbing.errors import shaped_body, stream_error
 log = logging.getLogger("swallow.errors")
 access_log = logging.getLogger("swallow.access")
 
-GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages"}
+GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages", "/api/chat",
+              "/api/generate"}
 UPLOADS = {"/v1/files", "/v1/messages/batches"}  # bodies up to max_file_mb: a batch's requests
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"}  # others: "other" in metrics
 UNDOCUMENTED = ("/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/", "/status.json",
                 "/web/{name}")  # routes outside /openapi.json
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")  # SSE; Ollama's NDJSON
 MAX_DEPTH = 64  # JSON nesting a request may have (harmony's renderer gives up near 128)
+ERROR_BODY_KEPT = 8192  # bytes of an error response read for the access log's reason
+REASON_LENGTH = 120  # characters of an error message the access log shows
 
 
 def install(app, settings: Settings, admission: Admission) -> None:
@@ -91,7 +97,8 @@ TOKENIZER_PATHS = {"/tokenize", "/detokenize"}  # outside /v1 (vLLM's and llama.
 
 
 def _is_api(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS
+    """The paths the API key and the origin check guard: /v1, the tokenizer's, Ollama's /api."""
+    return path in ("/v1", "/api") or path.startswith(("/v1/", "/api/")) or path in TOKENIZER_PATHS
 
 
 async def send_error(send, scope, status: int, message: str, *, type: str = "invalid_request_error",
@@ -129,18 +136,24 @@ class RequestLog:
         start = time.perf_counter()
         started = metrics.REQUEST_START.set(start)
         status, sent, stream, ended = None, 0, False, False
+        error_body = None  # an error response's JSON body, read for the log line
 
         async def send_logged(message):
-            nonlocal status, sent, stream, ended
+            nonlocal status, sent, stream, ended, error_body
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
                 status = message["status"]
-                stream = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+                stream = any(k.lower() == b"content-type" and v.startswith(STREAM_TYPES) for k, v in headers)
+                if status >= 400 and any(k.lower() == b"content-type" and b"json" in v for k, v in headers):
+                    error_body = b""
             elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                sent += len(chunk)
                 ended = not message.get("more_body", False)
+                if error_body is not None and len(error_body) < ERROR_BODY_KEPT:
+                    error_body += chunk[:ERROR_BODY_KEPT - len(error_body)]
             await send(message)
 
         try:
@@ -150,20 +163,23 @@ class RequestLog:
         finally:
             metrics.REQUEST_START.reset(started)
             try:
-                self._record(scope, request_id, status, time.perf_counter() - start, sent, ended)
+                self._record(scope, request_id, status, time.perf_counter() - start, sent, ended,
+                             error_reason(error_body) if error_body else None)
             except Exception:
                 log.exception("could not log request %s", request_id)
 
-    def _record(self, scope, request_id: str, status, elapsed: float, sent: int, ended: bool) -> None:
+    def _record(self, scope, request_id: str, status, elapsed: float, sent: int, ended: bool,
+                reason: str | None = None) -> None:
         shown = status if status is not None else 499  # nothing sent: the client left first
         endpoint = self.endpoint(scope.get("path", ""))
         method = scope["method"] if scope["method"] in METHODS else "other"
         metrics.HTTP_REQUESTS.labels(endpoint, method, str(shown)).inc()
         metrics.HTTP_SECONDS.labels(endpoint).observe(elapsed)
         client = scope.get("client") or ("-", 0)
-        access_log.info('%s:%s "%s %s HTTP/%s" %s %.3fs %dB%s request_id=%s', client[0], client[1],
+        access_log.info('%s:%s "%s %s HTTP/%s" %s %.3fs %dB%s%s request_id=%s', client[0], client[1],
                         scope["method"], scope.get("path", ""), scope.get("http_version", "1.1"), shown,
-                        elapsed, sent, "" if ended or status is None else " (cut short)", request_id)
+                        elapsed, sent, "" if ended or status is None else " (cut short)",
+                        f" error={reason}" if reason else "", request_id)
 
     @staticmethod
     async def _failed(error: Exception, scope, request_id: str, status, stream: bool, ended: bool, send) -> None:
@@ -184,8 +200,24 @@ class RequestLog:
             pass
 
 
+def error_reason(body: bytes) -> str | None:
+    """Why an error response failed, short, for the access log: the error's code (OpenAI's
+    object), else the start of its message (quoted), in any API's error shape."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):  # not JSON, or cut at ERROR_BODY_KEPT, or not an object
+        return None
+    code, message = (error.get("code"), error.get("message")) if isinstance(error, dict) else (None, error)
+    if code:
+        return str(code)
+    if not isinstance(message, str) or not message:
+        return None
+    short = message if len(message) <= REASON_LENGTH else message[:REASON_LENGTH - 1] + "…"
+    return json.dumps(short, ensure_ascii=False)
+
+
 class OriginGuard:
-    """403 for browser requests to /v1/* from origins that may not call the API."""
+    """403 for browser requests to /v1/* and /api/* from origins that may not call the API."""
 
     def __init__(self, app, allowed: re.Pattern | None):
         self.app, self.allowed = app, allowed
@@ -201,7 +233,7 @@ class OriginGuard:
 
 
 class ApiKey:
-    """/v1/* wants the key, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
+    """/v1/* and /api/* want the key, as `Authorization: Bearer <key>` (OpenAI's SDKs) or `x-api-key: <key>`
     (Anthropic's); so does /metrics when `metrics` is true."""
 
     def __init__(self, app, key: str, metrics: bool = False):

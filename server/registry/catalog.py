@@ -25,8 +25,6 @@ from server.config import (
 
 log = logging.getLogger("swallow.registry")
 
-WEIGHTS = "model*.safetensors"
-
 
 @dataclass
 class Listed:
@@ -53,7 +51,9 @@ class Listed:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            found = try_to_load_from_cache(self.spec, "config.json")
+            from models.catalog import resolve
+
+            found = try_to_load_from_cache(resolve(self.spec), "config.json")  # "swallow:8bit": its repo
         except Exception:  # not a repo id, or an unreadable cache
             return None
         return Path(found).parent if isinstance(found, str) else None
@@ -68,15 +68,10 @@ class Listed:
 
 
 def weights_bytes(model_dir: Path) -> int:
-    """The weights' size in memory once loaded, as well as the files tell: their bytes on disk,
-    twice that for 16-bit unquantized weights where there is no GPU (they are held in float32)."""
-    size = sum(f.stat().st_size for f in Path(model_dir).glob(WEIGHTS))
-    config = _config(model_dir) or {}
-    from models.loading import has_gpu
+    """The weights' size in memory once loaded, as well as the files tell (models.loading)."""
+    from models.loading import weights_in_memory
 
-    if not has_gpu() and not config.get("quantization") and config.get("torch_dtype") in ("bfloat16", "float16"):
-        size *= 2
-    return size
+    return weights_in_memory(model_dir)
 
 
 def build(settings: Settings, command_line: list[str] | None = None) -> tuple[list[Listed], Listed]:

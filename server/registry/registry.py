@@ -115,6 +115,14 @@ class Registry:
                 log.info("found %s in the Hugging Face cache", model.name)
                 self.slots[model.name] = Slot(model, keep_alive=model.keep_alive)
 
+    def forget(self, repo_id: str) -> None:
+        """A model deleted from the Hugging Face cache: the slots found there for it are no longer
+        listed (a configured model stays: asking for it downloads it again)."""
+        for name, slot in list(self.slots.items()):
+            if (slot.listed.source == "Hugging Face cache" and slot.listed.spec == repo_id and slot.state is None
+                    and slot.loading is None and slot is not self.default):
+                del self.slots[name]
+
     # ---- using a model ----------------------------------------------------------------
 
     async def acquire(self, slot: Slot, keep_alive=UNCHANGED) -> ServerState:
@@ -244,7 +252,7 @@ class Registry:
 
         settings = slot.listed.settings
         return prepare_model(slot.listed.spec, trust_remote_code=settings.trust_remote_code,
-                             shards=self.world.size if self.world else 1)
+                             shards=self.world.size if self.world else 1, kv_memory_mb=settings.kv_memory_mb)
 
     def _start_engine(self, slot: Slot, path) -> ServerState:
         from server.engine.engine import Engine

@@ -62,6 +62,8 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
     `declared`: model names of the tools the client declared; a call to any other tool is not
     a tool call (no client can act on it): it is shown as text, `name(arguments)`, and the
     turn ends as "stop". None: every call counts.
+    A call the model ends without writing arguments (a forced header, then `<|call|>` at once)
+    gets `{}`: every API promises JSON arguments, and clients parse them.
     The caller also cancels `generation` when it stops listening: a closed async generator's
     cleanup may not get to run when its task is being cancelled."""
     parser = ReplyParser(encoding)
@@ -69,21 +71,28 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
     completion_tokens, finish, error, called = 0, None, None, False
     stop = StopMatcher(stops)
     stop_string, undeclared = None, False
+    no_arguments = False  # a call is open and has no arguments yet
 
     def shown(events):
-        """The parser's events as the client sees them: calls to undeclared tools as text."""
-        nonlocal called, undeclared
+        """The parser's events as the client sees them: calls to undeclared tools as text, a
+        call without arguments with `{}`."""
+        nonlocal called, undeclared, no_arguments
         for event in events:
+            if no_arguments and event.kind != "tool_arguments":
+                no_arguments = False
+                yield Event("tool_arguments", "{}")
             if event.kind == "tool_call":
                 undeclared = declared is not None and event.text not in declared
                 if undeclared:
                     metrics.UNDECLARED_CALLS.inc()
                     yield Event("content", f"{event.text}(")
                     continue
-                called = True
+                called = no_arguments = True
             elif event.kind == "tool_arguments" and undeclared:
                 yield Event("content", event.text)
                 continue
+            elif event.kind == "tool_arguments" and event.text.strip():
+                no_arguments = False
             yield event
 
     for token in prefix:
@@ -117,6 +126,8 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
     finally:
         generation.cancel()
         watch.close(generation)
+    if no_arguments and finish != "length":  # a call cut off by the token limit stays as it was
+        yield Event("tool_arguments", "{}")
     rest = stop.flush()
     if undeclared and stop_string is None:
         rest += ")"

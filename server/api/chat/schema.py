@@ -6,7 +6,7 @@ Unknown top-level fields are ignored, as OpenAI-compatible servers do (SDKs send
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from server.api.reasoning import ReasoningControls
 from server.api.unsupported import Unsupported
@@ -24,14 +24,14 @@ class TextPart(BaseModel):
 class OtherPart(Unsupported):
     """Any other content part (images, audio, files): refused with a clear message."""
 
-    @model_validator(mode="after")
-    def _refuse(self):
-        if self.type == "text":  # TextPart refused it
-            raise ValueError("a content part of type 'text' needs a string 'text'")
-        return super()._refuse()
+
+def _part_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "text" if kind == "text" else "other"
 
 
-Content = str | list[TextPart | OtherPart] | None
+Part = Annotated[Annotated[TextPart, Tag("text")] | Annotated[OtherPart, Tag("other")], Discriminator(_part_kind)]
+Content = str | list[Part] | None
 
 
 class FunctionCall(BaseModel):

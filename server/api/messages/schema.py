@@ -8,7 +8,15 @@ and `redacted_thinking`; `image` and `document` (and any other type) are 400s th
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from server.api.unsupported import Unsupported
 from server.plumbing.limits import AT_MOST_MAX_MESSAGES, MAX_STOP_LENGTH
@@ -105,12 +113,13 @@ class Tool(BaseModel):
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     type: str | None = None  # "custom" or absent; server tools (web_search_...) are refused below
 
-    @model_validator(mode="after")
-    def _check(self):
-        if self.type not in (None, "custom"):
-            raise ValueError(f"tools of type {self.type!r} are not supported; give client tools "
+    @field_validator("type")
+    @classmethod
+    def _client_tool(cls, kind: str | None):
+        if kind not in (None, "custom"):
+            raise ValueError(f"tools of type {kind!r} are not supported; give client tools "
                              "(name, description, input_schema)")
-        return self
+        return kind
 
 
 class ToolChoice(BaseModel):

@@ -11,6 +11,16 @@ arguments streamed as they are generated. Events come in OpenAI's order:
       (message)   content_part.added, output_text.delta... output_text.done, content_part.done
       (call)      function_call_arguments.delta... function_call_arguments.done
     output_item.done
+
+When the request asks for a reasoning summary (`reasoning.summary`), a reasoning item also carries
+its text as `summary` (one `summary_text` part: the model's own chain of thought, whole; clients
+such as the Vercel AI SDK and LangChain read only summaries), and its events are, each delta sent
+both ways:
+
+    output_item.added, reasoning_summary_part.added,
+      (reasoning_text.delta, reasoning_summary_text.delta)...,
+      reasoning_text.done, reasoning_summary_text.done, reasoning_summary_part.done,
+    output_item.done
 """
 
 import time
@@ -31,9 +41,11 @@ KINDS = {"reasoning": "reasoning", "content": "message", "tool_call": "function_
 
 
 class OutputBuilder:
-    def __init__(self, tools: ResolvedTools, encrypted_reasoning: bool, encoding=None, top_logprobs: int | None = None):
+    def __init__(self, tools: ResolvedTools, encrypted_reasoning: bool, encoding=None, top_logprobs: int | None = None,
+                 summary: bool = False):
         self.tools = tools
         self.encrypted_reasoning = encrypted_reasoning
+        self.summary = summary  # reasoning as a summary too (reasoning.summary asked for)
         self.output: list[dict] = []  # finished items
         self._item: dict | None = None  # the item being generated
         self._text: list[str] = []
@@ -84,6 +96,9 @@ class OutputBuilder:
             if namespace:
                 self._item["namespace"] = namespace
         events = [{"type": "response.output_item.added", "output_index": len(self.output), "item": dict(self._item)}]
+        if kind == "reasoning" and self.summary:
+            events.append({"type": "response.reasoning_summary_part.added", **self._where(), "summary_index": 0,
+                           "part": _summary_part("")})
         if kind == "message":
             events.append({"type": "response.content_part.added", **self._where(), "content_index": 0,
                            "part": _text_part("")})
@@ -93,7 +108,11 @@ class OutputBuilder:
         self._text.append(text)
         kind = self._item["type"]
         if kind == "reasoning":
-            return [{"type": "response.reasoning_text.delta", **self._where(), "content_index": 0, "delta": text}]
+            events = [{"type": "response.reasoning_text.delta", **self._where(), "content_index": 0, "delta": text}]
+            if self.summary:
+                events.append({"type": "response.reasoning_summary_text.delta", **self._where(), "summary_index": 0,
+                               "delta": text})
+            return events
         if kind == "message":
             logprobs, self._pending = self._pending, []
             self._logprobs += logprobs
@@ -111,6 +130,14 @@ class OutputBuilder:
             if self.encrypted_reasoning:
                 item["encrypted_content"] = encrypt_reasoning(text)
             events = [{"type": "response.reasoning_text.done", **where, "content_index": 0, "text": text}]
+            if self.summary:
+                item["summary"] = [_summary_part(text)]
+                cut_short = {"status": "incomplete"} if status == "incomplete" else {}
+                events += [
+                    {"type": "response.reasoning_summary_text.done", **where, "summary_index": 0, "text": text},
+                    {"type": "response.reasoning_summary_part.done", **where, "summary_index": 0,
+                     "part": _summary_part(text), **cut_short},
+                ]
         elif item["type"] == "message":
             logprobs, self._pending, self._logprobs = self._logprobs + self._pending, [], []
             item["content"] = [_text_part(text, logprobs)]
@@ -129,6 +156,10 @@ class OutputBuilder:
         self.output.append(item)
         self._item, self._text = None, []
         return events
+
+
+def _summary_part(text: str) -> dict:
+    return {"type": "summary_text", "text": text}
 
 
 def _text_part(text: str, logprobs: list | None = None) -> dict:
@@ -164,7 +195,7 @@ class ResponseShell:
             "model": model,
             "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
             "previous_response_id": body.previous_response_id,
-            "reasoning": {"effort": effort, "summary": body.reasoning.summary if body.reasoning else None},
+            "reasoning": {"effort": effort, "summary": body.reasoning.summary_asked() if body.reasoning else None},
             "store": body.store,
             "temperature": sampling.temperature,
             "text": {"format": body.text.format.model_dump(by_alias=True, exclude_none=True)

@@ -118,6 +118,10 @@ def conversation(items: list, names: ToolNames, first_new: int = 0) -> tuple[lis
                     param=f"{where}.call_id",
                 )
             messages.append(harmony.tool_result(calls[item.call_id], item.text()))
+        elif item.type == "item_reference":  # resolved from the store before translation (routes.py)
+            where = f"input[{i - first_new}]"
+            raise invalid_request(f"{where}: item_reference {item.id!r} can't be resolved here: references "
+                                  "need the response store", param=f"{where}.id")
     return instructions, messages
 
 

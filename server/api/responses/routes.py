@@ -4,7 +4,8 @@ GET /v1/responses/{id}/input_items.
 A translation over the turn pipeline (server/turn/pipeline.py) that every API shares: input
 items become a harmony Prompt and the turn's options (prompt.py), and OutputBuilder (output.py)
 turns the turn's events into output items and stream events. Stored responses (store.py) let a
-request continue with `previous_response_id`.
+request continue with `previous_response_id`, and `item_reference` input items name stored items
+by id (resolved here, before anything else reads the input).
 """
 
 import itertools
@@ -15,7 +16,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from server.api.responses.output import OutputBuilder, ResponseShell, final_status
 from server.api.responses.prompt import translate
@@ -31,6 +32,7 @@ from server.turn.run import TurnEnd
 log = logging.getLogger("swallow.responses")
 router = APIRouter()
 ITEMS = TypeAdapter(list[InputItem])
+ITEM = TypeAdapter(InputItem)
 LAST_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
 
 
@@ -61,17 +63,21 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request: 
                            param="previous_response_id", code="previous_response_not_found")
         check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
+    body.input = resolve_references(store, body.input)
     resolved = resolve(translate(body, history), settings)
     (turn,) = await open_turns(state, resolved)
     shell = ResponseShell(body, state.model_id, resolved.prompt.effort, resolved.sampling)
-    builder = OutputBuilder(resolved.tools, body.wants_encrypted_reasoning(), state.encoding, resolved.logprobs)
+    builder = OutputBuilder(resolved.tools, body.wants_encrypted_reasoning(), state.encoding, resolved.logprobs,
+                            summary=body.wants_summary())
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
     def save(response: dict) -> None:
-        """Synchronous on purpose: it also runs while a stream is being closed or cancelled."""
+        """Synchronous on purpose: it also runs while a stream is being closed or cancelled.
+        The response's own items (its input and output) are indexed for item_reference."""
         if body.store and response["status"] != "failed":
             try:
-                store.save(response, conversation + builder.output)
+                store.save(response, conversation + builder.output,
+                           own_items=conversation[len(history):] + builder.output)
             except sqlite3.Error:
                 log.exception("could not store response %s", response["id"])
 
@@ -110,6 +116,37 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request: 
     builder.finish(end)
     turn.raise_for(end)
     return finished(end)
+
+
+def resolve_references(store: ResponseStore, items: list | None) -> list | None:
+    """The input with each `item_reference` replaced by the stored item it names (from any
+    stored response, its input or output); an id that isn't stored (never, deleted, or past
+    retention) is a 400 naming `input[i].id`."""
+    wanted = [item.id for item in items or [] if item.type == "item_reference"]
+    if not wanted:
+        return items
+    try:
+        found = store.items(wanted)
+    except sqlite3.Error:
+        log.exception("could not read stored items")
+        raise APIError(500, "The response store could not be read.", type="server_error") from None
+    resolved = []
+    for i, item in enumerate(items):
+        if item.type == "item_reference":
+            stored = found.get(item.id)
+            where = f"input[{i}].id"
+            if stored is None:
+                raise APIError(400, f"{where}: no stored item with id {item.id!r} (it was never stored, was "
+                               "deleted, or is past the server's retention).", param=where, code="item_not_found")
+            try:
+                item = ITEM.validate_python(stored)
+            except ValidationError:
+                raise APIError(400, f"{where}: the stored item {item.id!r} can't be used as input.",
+                               param=where) from None
+            if item.type == "item_reference":  # not written by this server: references are resolved first
+                raise APIError(400, f"{where}: the stored item {item.id!r} is a reference itself.", param=where)
+        resolved.append(item)
+    return resolved
 
 
 def _sse(event: dict, counter) -> str:

@@ -1,7 +1,8 @@
 """The request contract of POST /v1/responses (OpenAI's Responses API, the parts a local server can honour).
 
-`input` is a string or a list of items: messages (text parts or a plain string), and the items a
-client sends back from earlier responses (`reasoning`, `function_call`, `function_call_output`).
+`input` is a string or a list of items: messages (text parts or a plain string), the items a
+client sends back from earlier responses (`reasoning`, `function_call`, `function_call_output`),
+and references to stored items by id (`item_reference`, resolved by the route from the store).
 Tools are function tools in the flat form, and namespaces of them (Codex CLI groups its agent
 tools so). Unknown top-level fields are ignored; unsupported item, part and tool types are 400s
 that name the type. The one exception is `web_search`, which Codex CLI always sends: it is left
@@ -111,24 +112,34 @@ class ReasoningItem(BaseModel):
     encrypted_content: str | None = None
 
 
+class ItemReference(BaseModel):
+    """An earlier item by its id (the Vercel AI SDK sends reasoning back so, with store on); an
+    item with only an `id` is one too, as in OpenAI's API."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["item_reference"] = "item_reference"
+    id: Annotated[str, Field(min_length=1)]
+
+
 class OtherItem(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
 
-    @model_validator(mode="after")
-    def _refuse(self):
+    @field_validator("type")
+    @classmethod
+    def _refuse(cls, kind: str):
         raise ValueError(
-            f"input items of type {self.type!r} are not supported; this server takes messages, "
-            "function_call, function_call_output and reasoning items"
+            f"input items of type {kind!r} are not supported; this server takes messages, "
+            "function_call, function_call_output, reasoning and item_reference items"
         )
 
 
-ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
 
 
 def _item_kind(value: Any) -> str:
     if isinstance(value, dict):
-        kind = value.get("type") or ("message" if "role" in value else None)
+        kind = value.get("type") or ("message" if "role" in value else "item_reference" if "id" in value else None)
     else:
         kind = getattr(value, "type", None)
     return kind if kind in ITEM_TYPES else "other"
@@ -139,6 +150,7 @@ InputItem = Annotated[
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")]
     | Annotated[OtherItem, Tag("other")],
     Discriminator(_item_kind),
 ]
@@ -167,14 +179,15 @@ class OtherTool(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
 
-    @model_validator(mode="after")
-    def _refuse(self):
-        if self.type not in IGNORED_TOOL_TYPES:
+    @field_validator("type")
+    @classmethod
+    def _refuse(cls, kind: str):
+        if kind not in IGNORED_TOOL_TYPES:
             raise ValueError(
-                f"tools of type {self.type!r} are not supported by this server; "
+                f"tools of type {kind!r} are not supported by this server; "
                 "use function tools (type 'function', or groups of them of type 'namespace')"
             )
-        return self
+        return kind
 
 
 def _tool_kind(value: Any) -> str:
@@ -195,9 +208,17 @@ class FunctionChoice(BaseModel):
     name: str
 
 
+Summary = Literal["auto", "concise", "detailed"]
+
+
 class ReasoningOptions(ReasoningControls):
     effort: Effort | None = None
-    summary: str | None = None  # accepted; the model's reasoning comes as reasoning_text, not summaries
+    # asked for: reasoning items carry the whole reasoning as their summary too (output.py)
+    summary: Summary | None = None
+    generate_summary: Summary | None = None  # the deprecated name of `summary`
+
+    def summary_asked(self) -> Summary | None:
+        return self.summary or self.generate_summary
 
 
 class TextFormat(BaseModel):
@@ -211,11 +232,16 @@ class TextFormat(BaseModel):
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
+    @field_validator("type")
+    @classmethod
+    def _known(cls, kind: str):
+        if kind not in ("text", "json_object", "json_schema"):
+            raise ValueError(f"text.format of type {kind!r} is not supported; "
+                             "use 'text', 'json_object' or 'json_schema'")
+        return kind
+
     @model_validator(mode="after")
     def _check(self):
-        if self.type not in ("text", "json_object", "json_schema"):
-            raise ValueError(f"text.format of type {self.type!r} is not supported; "
-                             "use 'text', 'json_object' or 'json_schema'")
         if self.type == "json_schema" and (self.schema_ is None or not self.name):
             raise ValueError("a text.format of type 'json_schema' needs a name and a schema")
         return self
@@ -277,3 +303,6 @@ class ResponsesRequest(BaseModel):
 
     def wants_encrypted_reasoning(self) -> bool:
         return "reasoning.encrypted_content" in (self.include or [])
+
+    def wants_summary(self) -> bool:
+        return self.reasoning is not None and self.reasoning.summary_asked() is not None

@@ -6,6 +6,12 @@ of the stored conversation it continued, its own input items and its output item
 from it needs that one row (instructions are not part of it, as with OpenAI). Requests with
 `store: false` are never written.
 
+Items: a response's own items (its input and output) are also indexed by item id in `items`,
+so that an `item_reference` input item finds any of them. They belong to their response: a
+trigger deletes them with it (DELETE, retention), so an expired response's items are gone too.
+Databases written before the index existed get it, filled from their conversations, when they
+are opened (ITEM_INDEX below).
+
 Durability: WAL journal with synchronous=FULL. Each save is one transaction whose commit fsyncs
 the WAL, and a response is saved before its last event (or its body) is sent, so a response a
 client has seen finish is on disk: a killed server (kill -9) loses nothing it has answered, and
@@ -38,6 +44,18 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 """
+# The item index, created (and filled from the stored conversations) by _add_item_index.
+ITEM_INDEX = (
+    """CREATE TABLE items (
+        id TEXT NOT NULL,            -- the item's id (rs_..., msg_..., fc_..., or one a client gave)
+        response_id TEXT NOT NULL,   -- the stored response whose input or output it is
+        item TEXT NOT NULL,          -- the item, JSON
+        PRIMARY KEY (id, response_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX items_response ON items (response_id)",
+    """CREATE TRIGGER items_go_with_their_response AFTER DELETE ON responses
+        BEGIN DELETE FROM items WHERE response_id = OLD.id; END""",
+)
 ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 
@@ -67,11 +85,14 @@ class ResponseStore:
         self.journal_mode = mode.lower()
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._add_item_index()
         with self._lock:
             removed = self._prune()
         log.info("responses are stored in %s%s", path, f" ({removed} past retention removed)" if removed else "")
 
-    def save(self, response: dict, conversation: list[dict]) -> None:
+    def save(self, response: dict, conversation: list[dict], own_items: list[dict] | None = None) -> None:
+        """`own_items`: the items that are the response's own (its input and output), indexed for
+        `item_reference`; None: the whole conversation."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -80,6 +101,8 @@ class ResponseStore:
                     (response["id"], response.get("created_at") or int(time.time()),
                      json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
                 )
+                self._db.execute("DELETE FROM items WHERE response_id = ?", (response["id"],))  # a re-save
+                self._index(response["id"], conversation if own_items is None else own_items)
                 self._prune()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -105,6 +128,25 @@ class ResponseStore:
         output, conversation = json.loads(row[0]).get("output") or [], json.loads(row[1])
         return conversation[:len(conversation) - len(output)]
 
+    def items(self, item_ids: list[str]) -> dict[str, dict]:
+        """The stored items with these ids (id -> item), each from the newest response that holds
+        it; ids that are unknown, deleted or past retention are left out."""
+        wanted = list(dict.fromkeys(item_ids))
+        if not wanted:
+            return {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT items.id, items.item FROM items JOIN responses ON responses.id = items.response_id "
+                f"WHERE items.id IN ({', '.join('?' * len(wanted))}) AND responses.created_at >= ? "
+                "ORDER BY responses.rowid", (*wanted, self._oldest())).fetchall()
+        found = {}
+        for item_id, item in rows:  # later rows (newer responses) win
+            try:
+                found[item_id] = json.loads(item)
+            except ValueError:
+                log.warning("stored item %s is unreadable; it is left out", item_id)
+        return found
+
     def delete(self, response_id: str) -> bool:
         with self._lock:
             return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
@@ -112,6 +154,38 @@ class ResponseStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _index(self, response_id: str, items: list[dict]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO items (id, response_id, item) VALUES (?, ?, ?)",
+                             [(item["id"], response_id, json.dumps(item, ensure_ascii=False))
+                              for item in items if isinstance(item, dict) and item.get("id")])
+
+    def _add_item_index(self) -> None:
+        """Create the item index if this database has none yet (written by an older version),
+        filled from every stored conversation, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'")
+                if exists.fetchone() is None:
+                    for statement in ITEM_INDEX:
+                        self._db.execute(statement)
+                    filled = 0
+                    for response_id, conversation in self._db.execute("SELECT id, conversation FROM responses"):
+                        try:
+                            items = json.loads(conversation)
+                        except ValueError:
+                            log.warning("stored response %s has an unreadable conversation; its items are "
+                                        "not indexed", response_id)
+                            continue
+                        self._index(response_id, items if isinstance(items, list) else [])
+                        filled += 1
+                    if filled:
+                        log.info("indexed the items of %d stored responses", filled)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _oldest(self) -> int:
         """created_at of the oldest response retention keeps (0: all)."""
