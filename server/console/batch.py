@@ -170,20 +170,22 @@ def run(args, client: Client) -> int:
         counts = batch["request_counts"]
         err.print(say("batch_resumed", id=batch["id"], status=batch["status"], total=counts["total"],
                       done=counts["completed"] + counts["failed"]), markup=False)
-    watch = Watch(batch, args.quiet)
-    try:
+    watch = None
+    try:  # from here on the batch exists: Ctrl-C leaves it to a later run of the same command
+        watch = Watch(batch, args.quiet)
         while True:
             watch.update(batch)
             if batch["status"] in ENDED:
                 break
             time.sleep(POLL_SECONDS)
             batch = api.batch(batch["id"])
-    except KeyboardInterrupt:
         watch.close()
+        return finish(api, batch, output, Path(args.errors) if args.errors else errors_path(output), err)
+    except KeyboardInterrupt:
+        if watch is not None:
+            watch.close()
         err.print(say("batch_interrupted", id=batch["id"]), markup=False)
         return 130
-    watch.close()
-    return finish(api, batch, output, Path(args.errors) if args.errors else errors_path(output), err)
 
 
 def finish(api: BatchClient, batch: dict, output: Path, errors: Path, err: Console) -> int:
