@@ -8,7 +8,8 @@
 Measures decode tokens/s for one stream; aggregate tokens/s for 1, 4, 8 and 16 concurrent
 streams; time to first token for a conversation with a ~2,000-token shared prefix, cold (turn 1)
 and warm (turn 2, after a turn-1 reply longer than the 128-token sliding window); peak memory;
-and, on a quantized model, decode speed against mlx-lm's default (bf16 activations). Prints a
+and, on a quantized model, decode speed against mlx-lm's default (bf16 activations); then the
+built-in tools (bench.tools: the python sandbox's start and a warm call, a browser open). Prints a
 table of absolute figures and ratios, and which targets were met.
 """
 
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench import batch, models, prompts, report, runs, system
+from bench import tools as builtin_tools
 
 
 def parse_args(argv):
@@ -51,6 +53,8 @@ def parse_args(argv):
                    help="preload Debian's OpenBLAS (libopenblas0-pthread) into every process (auto: when installed)")
     p.add_argument("--compare-blas", action=argparse.BooleanOptionalAction, default=None,
                    help="also run swallow-server without OpenBLAS, 1 and 8 streams (default: on unless --quick)")
+    p.add_argument("--skip-tools", action="store_true",
+                   help="don't measure the built-in tools (python sandbox, browser: bench.tools)")
     p.add_argument("--json", help="also write all results to this file")
     p.add_argument("--log-dir", help="where server logs go (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -172,10 +176,18 @@ def main(argv=None) -> int:
                     "with_1": pair["with"]["streams"][1], "without_1": pair["without"]["streams"][1],
                     "blas": {k: pair[k].get("blas") for k in pair}}
 
+    tools = None
+    if not args.skip_tools:
+        print("\n[4] built-in tools: the python sandbox's start and a warm call, a browser open", flush=True)
+        try:
+            tools = builtin_tools.measure(rounds=3)
+        except Exception as e:  # the tools' own failure, reported; the model figures stand
+            tools = {"error": f"{type(e).__name__}: {e}"}
+
     batched = None
     if not args.skip_batch:
         lines, tokens = (32, args.stream_tokens) if args.quick else (64, 2 * args.stream_tokens)
-        print(f"\n[4] the Batch API: {lines} lines of {tokens} tokens, against raw BatchGenerator", flush=True)
+        print(f"\n[5] the Batch API: {lines} lines of {tokens} tokens, against raw BatchGenerator", flush=True)
         try:
             batched = batch.measure(main_model.path, raw_mode, openblas, log_dir, renderer, lines, tokens,
                                     min(args.repeat, 2))
@@ -186,11 +198,14 @@ def main(argv=None) -> int:
     machine["load_after"] = system.load_average()
     elapsed = time.perf_counter() - started
     print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed, batched)
+    if tools is not None:
+        print("\nBuilt-in tools (python -m bench.tools):")
+        print(f"FAILED: {tools['error']}" if "error" in tools else builtin_tools.report(tools))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine, "openblas": openblas, "model": str(main_model.path), "args": vars(args),
             "results": results, "quantized": quant, "blas_comparison": blas, "batch": batched, "errors": errors,
-            "elapsed_s": elapsed,
+            "elapsed_s": elapsed, "tools": tools,
         }, indent=2, default=str))
     return 1 if "swallow" in errors else 0
 

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 log = logging.getLogger("swallow.config")
 
@@ -145,6 +145,30 @@ class Settings(BaseModel):
     max_file_mb: int = Field(200, ge=1)  # largest upload (POST /v1/files) or Message Batches request body
     batch_preemption: bool = True  # a live request takes a batch row at once; false: it waits for one to end
 
+    # [browser]: harmony's built-in browser, run by the server (server/tools/browser/; docs/builtin-tools.md)
+    browser_tool: bool = False  # offer the model browser.search / open / find
+    browser_search_backend: Literal["searxng", "ddgs"] = "searxng"  # ddgs: pip install 'swallow-server[ddgs]'
+    browser_searxng_url: str = ""  # a SearXNG instance with format=json on, e.g. "http://127.0.0.1:8888"
+    browser_max_results: int = Field(10, ge=1, le=50)  # search results shown (the model's topn, at most this)
+    browser_view_tokens: int = Field(1024, ge=64)  # tokens of a page one `open` shows
+    browser_max_page_kb: int = Field(1024, ge=1)  # bytes of a page read; the rest is cut off
+    browser_fetch_timeout: float = Field(15, gt=0)  # seconds for one fetch, redirects included
+    browser_max_redirects: int = Field(5, ge=0)
+    browser_allowed_hosts: list[str] = Field(default_factory=list)  # loopback/private hosts it may fetch
+
+    # [python]: harmony's built-in python, one sandboxed interpreter per conversation (server/tools/python/)
+    python_tool: bool = False  # offer the model python (needs bubblewrap on Linux, Seatbelt on macOS)
+    python_timeout: float = Field(30, gt=0)  # seconds (wall clock and CPU) one call may run
+    python_memory_mb: int = Field(1024, ge=64)  # address space of each process in the sandbox
+    python_max_processes: int = Field(16, ge=2)  # processes and threads in one sandbox (Linux)
+    python_max_output_kb: int = Field(16, ge=1)  # output of one call the model sees; the rest is cut
+    python_max_disk_mb: int = Field(256, ge=1)  # files in a conversation's working directory
+    python_idle_timeout: float = Field(600, gt=0)  # seconds idle before an interpreter and its files go
+    python_max_interpreters: int = Field(8, ge=1)  # at once; past it the longest idle one is stopped
+    python_work_dir: str = ""  # where the working directories live; empty: the system's temp dir
+    python_executable: str = ""  # the interpreter run in the sandbox; empty: the server's own
+    python_unsandboxed_i_understand_the_risk: bool = False  # run with no sandbox where there is none
+
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value):
@@ -157,6 +181,21 @@ class Settings(BaseModel):
         if value and value == info.data.get("port"):
             raise ValueError(f"{value} is the server's port too; give another one (Ollama's is 11434), or 0 for none")
         return value
+
+    @field_validator("browser_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value):
+        """A list, or one comma-separated string (environment, command line)."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _browser_backend(self):
+        if self.browser_tool and self.browser_search_backend == "searxng" and not self.browser_searxng_url:
+            raise ValueError("browser_tool with browser_search_backend \"searxng\" needs browser_searxng_url "
+                             "(a SearXNG instance, e.g. \"http://127.0.0.1:8888\")")
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -191,6 +230,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     "distributed": ("distributed_timeout",),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
     "batches": ("batch_retention_days", "batch_disk_mb", "max_file_mb", "batch_preemption"),
+    "browser": ("browser_tool", "browser_search_backend", "browser_searxng_url", "browser_max_results",
+                "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout", "browser_max_redirects",
+                "browser_allowed_hosts"),
+    "python": ("python_tool", "python_timeout", "python_memory_mb", "python_max_processes", "python_max_output_kb",
+               "python_max_disk_mb", "python_idle_timeout", "python_max_interpreters", "python_work_dir",
+               "python_executable", "python_unsandboxed_i_understand_the_risk"),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
 

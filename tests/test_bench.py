@@ -32,7 +32,10 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
     assert swallow["client_cpu_ms_per_token"] > 0  # the streaming client's own share of the machine
     assert "mlx" not in result["results"]  # skipped
     assert result["quantized"] == {}  # the demo model is not quantized
-    assert result["batch"]["ratio"] > 0 and "batch ≥ 0.9× raw BatchGenerator" in done.stdout  # [4] the Batch API
+    tools = result["tools"]  # the built-in tools, measured at the end
+    assert tools["browser"]["open"]["median_ms"] > 0 and "Built-in tools (python -m bench.tools):" in done.stdout
+    assert "skipped" in tools["python"] or tools["python"]["warm"]["median_ms"] > 0
+    assert result["batch"]["ratio"] > 0 and "batch ≥ 0.9× raw BatchGenerator" in done.stdout  # [5] the Batch API
 
 
 def run_bench(module: str, args: list, cache_dir) -> str:
