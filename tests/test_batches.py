@@ -261,7 +261,7 @@ def test_the_command_line_shows_progress_and_resumes(scripted_server, tmp_path):
         _, stderr = first.communicate(timeout=30)
     finally:
         first.kill()
-    assert first.returncode == 130 and "run the same command again" in stderr and "Traceback" not in stderr
+    assert first.returncode == 130 and "run the same command again" in stderr and "Traceback" not in stderr, stderr
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
                             env={**os.environ, **ENGLISH}, check=False)

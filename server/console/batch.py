@@ -161,17 +161,17 @@ def run(args, client: Client) -> int:
     data, endpoint = read_input(input_path)
     digest = hashlib.sha256(data).hexdigest()
     api = BatchClient(client)
-    batch = api.find(digest, endpoint)
+    batch, created = api.find(digest, endpoint), False
     if batch is None:
-        batch = api.create(data, input_path.name, endpoint, digest)
-        err.print(say("batch_created", id=batch["id"], total=batch["request_counts"]["total"], endpoint=endpoint),
-                  markup=False)
-    else:
-        counts = batch["request_counts"]
-        err.print(say("batch_resumed", id=batch["id"], status=batch["status"], total=counts["total"],
-                      done=counts["completed"] + counts["failed"]), markup=False)
+        batch, created = api.create(data, input_path.name, endpoint, digest), True
     watch = None
     try:  # from here on the batch exists: Ctrl-C leaves it to a later run of the same command
+        counts = batch["request_counts"]
+        if created:
+            err.print(say("batch_created", id=batch["id"], total=counts["total"], endpoint=endpoint), markup=False)
+        else:
+            err.print(say("batch_resumed", id=batch["id"], status=batch["status"], total=counts["total"],
+                          done=counts["completed"] + counts["failed"]), markup=False)
         watch = Watch(batch, args.quiet)
         while True:
             watch.update(batch)
