@@ -228,11 +228,9 @@ class TurnWatch:
 
     def token(self) -> None:
         now = time.perf_counter()
-        if not self.timed:
-            pass
-        elif self.last is None:
+        if self.timed and self.last is None:
             self._first.observe(now - self.start)
-        else:
+        elif self.timed:
             self._between.observe(now - self.last)
         self.last = now
         self._completion.inc()
