@@ -259,8 +259,8 @@ def print_report(args, machine, openblas, main_model, quant_model, results, quan
     if batched:
         print(f"Batch API ({batched['lines']} lines of {batched['tokens']} tokens, batch 16): "
               f"{batched['batch']['tps']:.1f} tok/s vs raw BatchGenerator {batched['raw']['tps']:.1f} tok/s, "
-              "from the start to the last token, prefill included (python -m bench.batch: also a live request "
-              "beside a batch).")
+              f"from the start to the last token, prefill included; {batched['cpu_ratio']:.2f}× raw's tokens per "
+              "CPU-second (python -m bench.batch: also a live request beside a batch).")
     print("\nTargets:")
     print(report.format_targets(report.targets(results, quant if quant_model else None, blas,
                                                 decode_target=0.95 if args.model == "demo" else 0.98)))
