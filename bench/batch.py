@@ -198,7 +198,11 @@ class LiveLoad:
 
 def step_seconds(api: Batches, rows: int, steps: int = 3, timeout: float = 600) -> float:
     """One decode step of `rows` rows: the time the server takes to generate `steps` x `rows`
-    tokens (swallow_completion_tokens_total, counted as each token reaches its request)."""
+    tokens (swallow_completion_tokens_total, counted as each token reaches its request), once
+    every row has its first tokens (their prompts read)."""
+    begun = api.metric("swallow_completion_tokens_total")
+    wait_for("the rows' first tokens", lambda: api.metric("swallow_completion_tokens_total") - begun >= 2 * rows,
+             timeout)
     start, t0 = api.metric("swallow_completion_tokens_total"), time.perf_counter()
     while True:
         time.sleep(0.5)
