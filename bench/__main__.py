@@ -9,7 +9,7 @@ Measures decode tokens/s for one stream; aggregate tokens/s for 1, 4, 8 and 16 c
 streams; time to first token for a conversation with a ~2,000-token shared prefix, cold (turn 1)
 and warm (turn 2, after a turn-1 reply longer than the 128-token sliding window); peak memory;
 and, on a quantized model, decode speed against mlx-lm's default (bf16 activations); then the
-built-in tools (bench.tools: the python sandbox's start and a warm call, a browser open). Prints a
+built-in tools (bench.builtin_tools: the python sandbox's start and a warm call, a browser open). Prints a
 table of absolute figures and ratios, and which targets were met.
 """
 
@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import batch, models, prompts, report, runs, system
-from bench import tools as builtin_tools
+from bench import batch, builtin_tools, models, prompts, report, runs, system
 
 
 def parse_args(argv):
@@ -54,7 +53,7 @@ def parse_args(argv):
     p.add_argument("--compare-blas", action=argparse.BooleanOptionalAction, default=None,
                    help="also run swallow-server without OpenBLAS, 1 and 8 streams (default: on unless --quick)")
     p.add_argument("--skip-tools", action="store_true",
-                   help="don't measure the built-in tools (python sandbox, browser: bench.tools)")
+                   help="don't measure the built-in tools (python sandbox, browser: bench.builtin_tools)")
     p.add_argument("--json", help="also write all results to this file")
     p.add_argument("--log-dir", help="where server logs go (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -199,7 +198,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - started
     print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed, batched)
     if tools is not None:
-        print("\nBuilt-in tools (python -m bench.tools):")
+        print("\nBuilt-in tools (python -m bench.builtin_tools):")
         print(f"FAILED: {tools['error']}" if "error" in tools else builtin_tools.report(tools))
     if args.json:
         Path(args.json).write_text(json.dumps({

@@ -42,9 +42,11 @@ def build_scripted_model(
     context_length: int = 8192,
     weights_mb: float = 0,
     step_delay: float = 0.0,
+    kv_width: int = 1,
 ) -> Path:
     """`weights_mb`: the size of its weights file (and of the model in memory), for tests of
-    memory budgets; `step_delay`: seconds each forward pass takes, for tests of long streams."""
+    memory budgets; `step_delay`: seconds each forward pass takes, for tests of long streams;
+    `kv_width`: its KV cache costs 8 * kv_width bytes per token, for tests of KV budgets."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     vocab.write_tokenizer_files(dst)
@@ -73,6 +75,7 @@ def build_scripted_model(
         "default_reply": reply_ids(default_reply),
         "anchor_size": max(1, int(weights_mb * 2**20 / 4)),
         "step_delay": step_delay,
+        "kv_width": kv_width,
     }
     (dst / "config.json").write_text(json.dumps(config))
     shutil.copyfile(ARCH_FILE, dst / "scripted_model.py")

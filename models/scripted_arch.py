@@ -15,7 +15,9 @@ at every step, puts all the probability on the next token of a scripted reply:
 - Past the end of a reply the model says `<|return|>`.
 - `anchor_size` sets the size of its one (unused) weight, so that a test can give the model the
   memory footprint it needs; `step_delay` (seconds) makes every forward pass that long, so that
-  a stream lasts while a test does something beside it.
+  a stream lasts while a test does something beside it; `kv_width` copies each token id that many
+  times into its KV cache, so that a test can give the model the cache cost it needs (8 bytes
+  per token per unit of width).
 - A reply id of -1 (scripted.FAIL) makes the forward pass raise: a model failing mid-generation;
   -2 (scripted.DIE) raises SystemExit, which takes the engine thread down.
 
@@ -45,6 +47,7 @@ class ModelArgs(BaseModelArgs):
     default_reply: list = field(default_factory=list)
     anchor_size: int = 1
     step_delay: float = 0.0
+    kv_width: int = 1
 
 
 def _last_occurrence_end(history: np.ndarray, needle: list) -> int:
@@ -96,6 +99,8 @@ class Model(nn.Module):
             time.sleep(self.args.step_delay)
         batch, length = inputs.shape
         ids = inputs.astype(mx.float32)[:, None, :, None]
+        if self.args.kv_width > 1:
+            ids = mx.repeat(ids, self.args.kv_width, axis=3)
         if cache is not None and cache[0] is not None:
             ids, _ = cache[0].update_and_fetch(ids, ids)
         histories = np.array(ids[:, 0, :, 0].astype(mx.int32))

@@ -22,6 +22,7 @@ ENV_PREFIX = "SWALLOW_"
 # Pages these origins serve may call the API by default: this machine's, on any port.
 LOCAL_ORIGINS = tuple(f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]")
                       for scheme in ("http", "https"))
+HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]", re.IGNORECASE)
 ORIGIN_PATTERN = re.compile(r"\*|[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:(\d+|\*))?", re.IGNORECASE)
 
 
@@ -81,6 +82,7 @@ class Settings(BaseModel):
     cors_origins: list[str] = Field(default_factory=lambda: list(LOCAL_ORIGINS))  # see _origins
     max_body_mb: int = Field(16, ge=1)  # larger request bodies get 413
     metrics_public: bool = True  # false: /metrics wants the api_key too
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names served besides loopback; see _allowed_hosts
 
     # [limits]
     max_concurrency: int = Field(0, ge=0)  # requests generating at once; 0: max_batch_size
@@ -134,6 +136,16 @@ class Settings(BaseModel):
     # [distributed]: under mlx.launch only (server/distributed/)
     distributed_timeout: float = Field(20, gt=0)  # seconds a rank may wait for the others in one step
 
+    # [tools]: tools the server runs itself (server/turn/loop.py, server/tools/; docs/tools.md)
+    tool_max_rounds: int = Field(8, ge=1)  # tool calls the server runs in one reply; past it the reply ends
+    tool_timeout: float = Field(60.0, gt=0)  # seconds one call may take, then it fails as timed out
+    tool_max_result_kb: int = Field(32, ge=1)  # a call's result past this is cut, with a note saying so
+    mcp_connect_timeout: float = Field(30.0, gt=0)  # seconds a request waits for an MCP server to start and list tools
+    mcp_request_servers: bool = False  # true: requests may name MCP servers by URL (the server connects there)
+
+    # [[mcp_servers]] tables, at the top level: MCP servers whose tools the server runs (server/tools/mcp.py)
+    mcp_servers: list["MCPServerEntry"] = Field(default_factory=list)  # see MCPServerEntry
+
     # [responses]
     data_dir: str = ""  # stored responses (SQLite), batches; empty: under the cache dir
     responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept
@@ -184,7 +196,7 @@ class Settings(BaseModel):
 
     @field_validator("browser_allowed_hosts", mode="before")
     @classmethod
-    def _hosts(cls, value):
+    def _browser_hosts(cls, value):
         """A list, or one comma-separated string (environment, command line)."""
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -196,6 +208,22 @@ class Settings(BaseModel):
             raise ValueError("browser_tool with browser_search_backend \"searxng\" needs browser_searxng_url "
                              "(a SearXNG instance, e.g. \"http://127.0.0.1:8888\")")
         return self
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _allowed_hosts(cls, value):
+        """A list, or one comma-separated string. Each entry is a host name or address as a
+        `Host` header carries it, without the port ("myhost.lan", "192.168.1.20", "[fe80::1]"),
+        "*.example.lan" (the names under it), or "*" (every name: no Host check)."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for host in value:
+                if not isinstance(host, str) or not HOST_PATTERN.fullmatch(host):
+                    raise ValueError(f"{host!r} is not a host name like myhost.lan, 192.168.1.20, [fe80::1], "
+                                     "*.example.lan or *")
+            value = [host.lower() for host in value]
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -213,11 +241,12 @@ class Settings(BaseModel):
         return value
 
 
-# config.toml's tables and the settings each one groups. `models` is the list of [[models]] tables,
-# at the top level. tests/test_docs.py checks that config.toml and docs/configuration.md agree.
+# config.toml's tables and the settings each one groups. `models` and `mcp_servers` are the lists of
+# [[models]] and [[mcp_servers]] tables, at the top level. tests/test_docs.py checks that config.toml
+# and docs/configuration.md agree.
 TABLES: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "ollama_port", "log_level"),
-    "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public"),
+    "security": ("api_key", "cors_origins", "max_body_mb", "metrics_public", "allowed_hosts"),
     "limits": ("max_concurrency", "max_queue", "shutdown_timeout", "max_messages"),
     "model": ("model", "served_model_name", "trust_remote_code", "context_length", "model_identity",
               "knowledge_cutoff"),
@@ -228,6 +257,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "engine": ("max_batch_size", "prefill_step_size", "prompt_cache_mb", "prompt_cache_disk_mb",
                "prompt_cache_disk_min_tokens", "openblas", "kv_memory_mb"),
     "distributed": ("distributed_timeout",),
+    "tools": ("tool_max_rounds", "tool_timeout", "tool_max_result_kb", "mcp_connect_timeout", "mcp_request_servers"),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
     "batches": ("batch_retention_days", "batch_disk_mb", "max_file_mb", "batch_preemption"),
     "browser": ("browser_tool", "browser_search_backend", "browser_searxng_url", "browser_max_results",
@@ -250,8 +280,8 @@ def misplaced(document: dict, where: str) -> list[str]:
         for key, value in table.items():
             if isinstance(value, dict):
                 walk(value, f"{path}.{key}" if path else key)
-            elif path and key == "models":
-                found.append(f"{where}: [[models]] is under [{path}]; it belongs at the top level, as [[models]]")
+            elif path and key in ("models", "mcp_servers"):
+                found.append(f"{where}: [[{key}]] is under [{path}]; it belongs at the top level, as [[{key}]]")
             elif path and key in TABLE_OF and TABLE_OF[key] != path:
                 found.append(f"{where}: {key} is under [{path}]; it belongs in [{TABLE_OF[key]}]")
 
@@ -313,6 +343,60 @@ class ModelEntry(BaseModel):
         return self.alias or self.model
 
 
+# Names an MCP server may not take: harmony's own namespaces and roles (its name is the namespace
+# the model calls its tools by: `fs.read_file`).
+RESERVED_TOOL_NAMESPACES = {"functions", "browser", "python", "container", "assistant", "user", "system",
+                            "developer", "tool", "multi_tool_use"}
+NAMESPACE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_namespace(name: str) -> str | None:
+    """Why `name` can't name a tool namespace (an MCP server), or None."""
+    if not NAMESPACE.fullmatch(name):
+        return f"{name!r} is not a name like fs or my_tools (letters, digits and _, not starting with a digit)"
+    if name in RESERVED_TOOL_NAMESPACES:
+        return f"{name!r} is reserved (harmony's own names: {', '.join(sorted(RESERVED_TOOL_NAMESPACES))})"
+    return None
+
+
+class MCPServerEntry(BaseModel):
+    """One [[mcp_servers]] table: an MCP server whose tools the server runs (docs/tools.md).
+
+        [[mcp_servers]]
+        name = "fs"                               # its label in the APIs, and the namespace the model sees
+        command = "npx"                           # stdio: a command to start ...
+        args = ["-y", "@modelcontextprotocol/server-filesystem", "/srv/notes"]
+        env = { LOG_LEVEL = "warn" }              # ... with these variables beside HOME, PATH, USER...
+        # url = "http://127.0.0.1:3001/mcp"      # or streamable HTTP, with `headers`
+        allowed_tools = ["read_text_file", "list_directory"]   # only these (none given: all)
+        default = true                            # on for requests that don't pick servers
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    command: str = ""
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str = ""
+    url: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    allowed_tools: list[str] | None = None  # None: every tool it lists
+    description: str = ""  # what the model is told the namespace is; empty: "Tools of the MCP server NAME"
+    default: bool = False  # on for requests that pick no servers (chat completions, the chat page)
+
+    @model_validator(mode="after")
+    def _check(self):
+        problem = check_namespace(self.name)
+        if problem:
+            raise ValueError(f"[[mcp_servers]] name: {problem}")
+        if bool(self.command) == bool(self.url):
+            raise ValueError(f"[[mcp_servers]] {self.name!r}: give either command (stdio) or url (streamable HTTP)")
+        if self.url and not re.match(r"https?://", self.url):
+            raise ValueError(f"[[mcp_servers]] {self.name!r}: url must be http:// or https://")
+        return self
+
+
 class ConfigError(Exception):
     pass
 
@@ -355,6 +439,9 @@ def load_settings(config_file: str | None = None, overrides: dict | None = None)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         settings = Settings(**values)
+        names = [entry.name for entry in settings.mcp_servers]
+        if len(set(names)) != len(names):
+            raise ValueError("[[mcp_servers]]: each server needs a name of its own")
         for entry in settings.models:
             for_model(settings, entry)  # each model's own settings are valid too
         return settings

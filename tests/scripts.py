@@ -95,30 +95,30 @@ THINK_LONG_ANSWER = "I thought it through."
 SCRIPTS["Think for a long time"] = thought(THINK_LONG, THINK_LONG_ANSWER)
 
 
-def _loop_reasoning() -> tuple[str, str, int]:
-    """(the looping analysis, the answer after it, the token at which the default loop guard
-    fires). The loop is scripted to last exactly 6 tokens past that point (the length of the
-    forced `<|end|><|start|>assistant<|channel|>final<|message|>`), so that with the guard the
-    answer lands in the final channel, and without it in the analysis."""
-    import toktok
+# The loop guard's firing point, pinned from its documented rule (config.toml, [reasoning]) rather
+# than computed with the server's own detector: the analysis below repeats one phrase of p <= 32
+# tokens from its first token, so with the defaults (4 repeats, 128 tokens) the repetition is a
+# loop once it covers max(4 p, 128) = 128 tokens.
+LOOP_FIRES_AT = 128
 
-    from server.config import Settings
-    from server.engine.reasoning_control import LoopDetector, LoopSettings
+
+def _loop_reasoning() -> tuple[str, str]:
+    """(the looping analysis, the answer after it). The loop is scripted to last exactly 6
+    tokens past LOOP_FIRES_AT (the length of the forced `<|end|><|start|>assistant<|channel|>final<|message|>`),
+    so that with the guard the answer lands in the final channel, and without it in the analysis."""
+    import toktok
 
     vocabulary = toktok._encoding("o200k_harmony")
     phrase = vocabulary.encode(" I will check the sum again.")
-    settings = Settings()
-    detector = LoopDetector(LoopSettings(settings.loop_max_period, settings.loop_min_repeats,
-                                         settings.loop_min_tokens))
-    tokens = phrase * (settings.loop_min_tokens // len(phrase) + settings.loop_min_repeats + 2)
-    fires = next(n for n, t in enumerate(tokens, 1) if detector.feed(t))
+    assert len(phrase) <= 32 and len(set(phrase)) == len(phrase)  # one short period, no shorter one inside
+    tokens = phrase * (LOOP_FIRES_AT // len(phrase) + 6)
     answer = "\n\nThe answer is 42."
-    loop = vocabulary.decode(tokens[:fires + 6])
-    assert vocabulary.encode(loop + answer) == tokens[:fires + 6] + vocabulary.encode(answer)
-    return loop, answer, fires
+    loop = vocabulary.decode(tokens[:LOOP_FIRES_AT + 6])
+    assert vocabulary.encode(loop + answer) == tokens[:LOOP_FIRES_AT + 6] + vocabulary.encode(answer)
+    return loop, answer
 
 
-LOOP_REASONING, LOOP_ANSWER, LOOP_FIRES_AT = _loop_reasoning()
+LOOP_REASONING, LOOP_ANSWER = _loop_reasoning()
 SCRIPTS["Think in circles"] = f"<|channel|>analysis<|message|>{LOOP_REASONING}{LOOP_ANSWER}<|return|>"
 
 # structured output: a reply whose answer is the JSON asked for, and one that won't write JSON
@@ -147,6 +147,49 @@ SCRIPTS["日本の首都はどこですか"] = thought(CAPITAL_REASONING, CAPITA
 # ---- forced calls on every API (test_tools.py, test_messages.py, test_responses_sdks.py) ----
 # a call the model ends without writing arguments: a forced call still gets JSON ({})
 SCRIPTS["Call without arguments"] = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|><|call|>"
+
+# ---- tools the server runs: MCP servers (tests/test_mcp.py) ----
+# A reply that calls a server's tool, then (once the tool's message is in the prompt) goes on. Where
+# the tool's result holds a trigger of its own, the next reply is that trigger's: proof that the
+# result reached the model, in place.
+
+
+def server_call(recipient: str, arguments: str, thinking: str = "I should use a tool.",
+                channel: str = "commentary") -> str:
+    return (f"<|channel|>analysis<|message|>{thinking}<|end|>"
+            f"<|start|>assistant to={recipient}<|channel|>{channel} <|constrain|>json<|message|>{arguments}<|call|>")
+
+
+NOTE_TEXT = "The secret word is kumquat."  # the file the filesystem server reads
+NOTE_ANSWER = "The note says the secret word is kumquat."
+SCRIPTS["Read the note file."] = server_call("fs.read_text_file", '{"path": "note.txt"}', "The note is in note.txt.")
+SCRIPTS[NOTE_TEXT] = thought("The tool gave me the note.", NOTE_ANSWER)
+# server-everything's get-sum: a tool name with a dash, called by its safe name
+SUM_ANSWER = "Two and three make five."
+SCRIPTS["Add two and three."] = server_call("everything.get_sum", '{"a": 2, "b": 3}')
+SCRIPTS["The sum of 2 and 3 is 5."] = final(SUM_ANSWER)
+# the SDK server over streamable HTTP, on the analysis channel (its result goes back there)
+SHOUT_ANSWER = "It shouted back."
+SCRIPTS["Shout it over HTTP."] = server_call("web.shout", '{"text": "hello over http"}', channel="analysis")
+SCRIPTS["HELLO OVER HTTP"] = final(SHOUT_ANSWER)
+# a tool that errors, one that hangs past its time limit, one that returns 10 MB (over HTTP: the SDK's
+# stdio client takes ~15 s to read a 10 MB line), one that is not there
+TOOL_FAILED_ANSWER = "The tool failed, so I answer without it."
+SCRIPTS["Use the failing tool."] = [server_call("tools.fail", '{"reason": "testing"}'), final(TOOL_FAILED_ANSWER)]
+SLOW_ANSWER = "The tool took too long."
+SCRIPTS["Wait for the slow tool."] = [server_call("tools.hang", '{"seconds": 120}'), final(SLOW_ANSWER)]
+SCRIPTS["Wait for the slow web tool."] = [server_call("web.hang", '{"seconds": 120}'), final(SLOW_ANSWER)]
+FLOOD_ANSWER = "That was a lot of text."
+SCRIPTS["Flood me with text."] = [server_call("web.flood", '{"megabytes": 10}'), final(FLOOD_ANSWER)]
+MISSING_TOOL_ANSWER = "I can't search here, so I answer from memory."
+SCRIPTS["Search the web for swallows."] = [server_call("browser.search", '{"query": "swallows"}', channel="analysis"),
+                                           final(MISSING_TOOL_ANSWER)]
+# the tool server dies in the middle of a call and is started again: its pid, the crash, its pid again
+CRASH_ANSWER = "The tool server came back."
+SCRIPTS["Crash the tool server."] = [server_call("tools.pid", "{}"), server_call("tools.crash", "{}"),
+                                     server_call("tools.pid", "{}"), final(CRASH_ANSWER)]
+# a model that keeps calling: past tool_max_rounds it is told no more, and then the reply ends
+SCRIPTS["Keep calling tools."] = [server_call("tools.pid", "{}")] * 8
 
 # ---- the Batch API (tests/test_batches.py) ----
 # short answers, so that a few hundred lines take little time; which one a line got shows that

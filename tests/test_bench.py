@@ -33,7 +33,7 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
     assert "mlx" not in result["results"]  # skipped
     assert result["quantized"] == {}  # the demo model is not quantized
     tools = result["tools"]  # the built-in tools, measured at the end
-    assert tools["browser"]["open"]["median_ms"] > 0 and "Built-in tools (python -m bench.tools):" in done.stdout
+    assert tools["browser"]["open"]["median_ms"] > 0 and "Built-in tools (python -m bench.builtin_tools):" in done.stdout
     assert "skipped" in tools["python"] or tools["python"]["warm"]["median_ms"] > 0
     assert result["batch"]["ratio"] > 0 and "batch ≥ 0.9× raw BatchGenerator" in done.stdout  # [5] the Batch API
 
@@ -68,3 +68,36 @@ def test_contention_bench_runs_raw_mlx_lm_beside_a_burnt_share_of_a_core(cache_d
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(rows) == 2 and all("(1.00×)" in row and row.count("tok/s") == 2 for row in rows)
+
+
+def test_tool_loop_bench_runs_a_round_trip_both_ways(cache_dir, tmp_path):
+    """bench.tool_loop: the server's loop and a client's round trip, each against the same MCP tool."""
+    out = tmp_path / "tools.json"
+    done = subprocess.run([sys.executable, "-m", "bench.tool_loop", "--repeat", "1", "--prefix-tokens", "300",
+                           "--json", str(out)],
+                          cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| server-run (its loop) |" in done.stdout and "Target: the server's loop costs less" in done.stdout
+    rounds = json.loads(out.read_text())["rounds"]
+    server, client = rounds["server"][0], rounds["client"][0]
+    assert server["tool"] > 0 and client["tool"] > 0
+    assert client["prompt"] > server["prompt"] > 300  # the client sent the conversation twice
+
+
+def test_soak_runs_rounds_of_mixed_load_and_reports_memory(cache_dir, tmp_path):
+    numbers = tmp_path / "soak.json"
+    done = subprocess.run([sys.executable, "-m", "bench.soak", "--model", "demo", "--rounds", "2", "--clients", "8",
+                           "--max-tokens", "8", "--plot", str(tmp_path / "soak.png"), "--json", str(numbers)],
+                          cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "| round | seconds | ok | failed | walked away | RSS MiB | MLX MiB | prompt cache MiB |" in out
+    rounds = json.loads(numbers.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:  # every client of the mix was served or walked away as planned
+        assert (r["ok"], r["failed"], r["left"]) == (6, 0, 2)
+        assert r["rss_mb"] > 0 and r["mlx_mb"] > 0 and r["prompt_cache_mb"] > 0
+    # the plot, or why there is none
+    assert (tmp_path / "soak.png").exists() or "matplotlib is not installed" in out

@@ -56,13 +56,18 @@ def test_both_reasoning_field_names_stream(scripted_server):
     assert "".join(d.get("reasoning_content", "") for d in deltas) == JAPANESE_REASONING
 
 
-def test_usage_counts_tokens(client):
-    reply = ask(client, "What is 2+2?")
-    usage = reply.usage
+def test_usage_counts_tokens_and_what_the_prompt_cache_gave(client):
+    question = "What is 2+2? (A question of its own, so that its first prompt is not cached.)"
+    usage = ask(client, question).usage
     assert usage.prompt_tokens > 50
     assert usage.completion_tokens > usage.completion_tokens_details.reasoning_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert usage.prompt_tokens_details.cached_tokens >= 0
+    assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens - 1  # the shared system part at most
+    again = ask(client, question).usage
+    # the same prompt again: all of it from the cache but its end (at least its last token is read
+    # again, as the first generation step; mlx-lm's trim of a longer cached entry leaves out one more)
+    assert again.prompt_tokens == usage.prompt_tokens
+    assert usage.prompt_tokens - 2 <= again.prompt_tokens_details.cached_tokens < usage.prompt_tokens
 
 
 def test_stream_include_usage_sends_a_final_usage_chunk(client):

@@ -38,7 +38,7 @@ def test_a_long_prefix_is_warm_after_a_restart_and_only_for_its_model(start_serv
     first = start_server(args, env=env)
     cold = ask(first, "What is 2+2?")
     assert cold["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
-    (snapshot,) = wait_for_snapshot(tmp_path)  # written while the engine had nothing to do
+    assert len(wait_for_snapshot(tmp_path)) == 1  # written while the engine had nothing to do
     first.stop()
 
     second = start_server(args, env=env)
@@ -49,12 +49,7 @@ def test_a_long_prefix_is_warm_after_a_restart_and_only_for_its_model(start_serv
     assert warm["choices"][0]["message"]["content"] == JAPANESE_ANSWER
     second.stop()
 
-    # an unreadable file is skipped with one line; another model never reuses the snapshot
-    (snapshot.parent / "0123456789abcdef0123456789abcdef.safetensors").write_bytes(b"not a safetensors file")
-    third = start_server(args, env=env)
-    assert "skipping unreadable snapshot" in third.log() and "1 snapshot(s) loaded" in third.log()
-    assert ask(third, "What is 2+2?")["choices"][0]["message"]["content"] == JAPANESE_ANSWER
-    third.stop()
+    # another model never reuses the snapshot (damaged snapshots: tests/test_data_dir.py)
     other_model = build_scripted_model(tmp_path_factory.mktemp("other"), {**SCRIPTS, "Another": "x"})
     other = start_server(["--model", str(other_model), "--trust-remote-code"], env=env)
     assert "0 snapshot(s) loaded" in other.log()

@@ -2,15 +2,19 @@
 
 The server's greedy reply must be the tokens transformers' own GptOssForCausalLM picks for the
 same prompt: the layout patch, the float32 compute on CPU and the harmony rendering all agree.
+The prompt is written out here as harmony's documented format and tokenized with toktok, not
+rendered with the server's own code.
 """
 
+import datetime
+
 import pytest
+import toktok
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from models import vocab  # noqa: E402
-from server.harmony import render as harmony  # noqa: E402
 
 QUESTION = "Hello, who are you?"
 REPLY_TOKENS = 8
@@ -36,7 +40,7 @@ def bf16_checkpoint(tmp_path_factory, cache_dir):
     return path, reference
 
 
-def test_bf16_checkpoint_answers_like_transformers(bf16_checkpoint, start_server, encoding):
+def test_bf16_checkpoint_answers_like_transformers(bf16_checkpoint, start_server):
     path, reference = bf16_checkpoint
     server = start_server(["--model", str(path), "--served-model-name", "swallow-like"],
                           env={"SWALLOW_TEMPERATURE": "0"})
@@ -45,17 +49,20 @@ def test_bf16_checkpoint_answers_like_transformers(bf16_checkpoint, start_server
     reply = server.client().chat.completions.create(
         model="swallow-like", max_tokens=REPLY_TOKENS, messages=[{"role": "user", "content": QUESTION}])
 
-    from server.config import Settings
-
-    settings = Settings()
-    prompt = harmony.Prompt(effort=settings.reasoning_effort, messages=[harmony.user(QUESTION)])
-    tokens = harmony.render(encoding, prompt, settings.model_identity, settings.knowledge_cutoff)
+    prompt = ("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+              "Knowledge cutoff: 2024-06\n"
+              f"Current date: {datetime.date.today().isoformat()}\n\n"
+              "Reasoning: medium\n\n"
+              "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>"
+              f"<|start|>user<|message|>{QUESTION}<|end|><|start|>assistant")
+    vocabulary = toktok._encoding("o200k_harmony")
+    tokens = vocabulary.encode(prompt, allowed_special="all")
     assert reply.usage.prompt_tokens == len(tokens)
     with torch.no_grad():
         generated = reference.generate(torch.tensor([tokens]), max_new_tokens=REPLY_TOKENS, do_sample=False)
     new = generated[0, len(tokens):].tolist()
     assert len(new) == REPLY_TOKENS and all(t < 199998 for t in new)  # plain tokens, no markup
-    expected = encoding.decode(new)
+    expected = vocabulary.decode(new)
     # No harmony header in a random model's reply: the parser delivers it as content, intact.
     assert reply.choices[0].message.content == expected
     assert reply.choices[0].finish_reason == "length"

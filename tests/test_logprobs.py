@@ -2,7 +2,7 @@
 demo model (the real gpt_oss architecture, random weights, greedy by default).
 
 The reference numbers are the model's own log-softmax, computed here with mlx-lm on the same
-model directory the server loaded."""
+model directory the server loaded; the reference tokens' bytes are toktok's o200k_harmony."""
 
 import json
 
@@ -10,8 +10,9 @@ import httpx
 import mlx.core as mx
 import numpy as np
 import pytest
+import toktok
 
-from server.turn.logprobs import token_bytes, token_text
+VOCABULARY = toktok._encoding("o200k_harmony")
 
 ATOL = 2e-3  # float32, batched vs single forward passes
 JAPANESE = "こんにちは、世界。吾輩は猫である。"
@@ -39,6 +40,19 @@ def greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[np.nda
     return tokens[len(prompt):], rows
 
 
+def token_bytes(token: int) -> bytes:
+    return VOCABULARY.decode_single_token_bytes(token)
+
+
+def shown(token: int) -> str:
+    """A token as logprobs name it: its text, or "bytes:\\x.." when its bytes aren't whole UTF-8."""
+    data = token_bytes(token)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+
 def post(server, path: str, body: dict) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=120)
 
@@ -55,11 +69,15 @@ def test_echo_scores_every_prompt_token(demo_server, model):
     assert choice["text"] == JAPANESE
     lp = choice["logprobs"]
     assert len(lp["tokens"]) == len(prompt) == reply["usage"]["prompt_tokens"]
+    assert prompt == VOCABULARY.encode(JAPANESE)
+    # 輩 is split across two tokens: neither is whole UTF-8
+    assert lp["tokens"] == ["こんにちは", "、", "世界", "。", "吾", "bytes:\\xe8\\xbc", "bytes:\\xa9", "は", "猫", "で",
+                            "ある", "。"]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     reference = log_softmax(model, prompt)
     for i in range(1, len(prompt)):
         assert lp["token_logprobs"][i] == pytest.approx(reference[i - 1, prompt[i]], abs=ATOL)
-        assert lp["tokens"][i] == token_text(token_bytes(model.encoding, prompt[i]))
+        assert lp["tokens"][i] == shown(prompt[i])
         top = lp["top_logprobs"][i]
         values = list(top.values())
         assert values == sorted(values, reverse=True)
@@ -80,7 +98,7 @@ def test_completion_logprobs_are_the_models_log_softmax(demo_server, model):
     assert reply["usage"]["prompt_tokens"] == echoed and reply["usage"]["completion_tokens"] == 6
     for k, (token, row) in enumerate(zip(generated, rows)):
         i = echoed + k
-        assert lp["tokens"][i] == token_text(token_bytes(model.encoding, token))
+        assert lp["tokens"][i] == shown(token)
         assert lp["token_logprobs"][i] == pytest.approx(row[token], abs=ATOL)
         assert list(lp["top_logprobs"][i].values())[0] == pytest.approx(row.max(), abs=ATOL)
         assert len(lp["top_logprobs"][i]) == 3
@@ -104,7 +122,7 @@ def test_chat_logprobs_match_the_model_stream_and_not(demo_server, model):
     generated, rows = greedy(model, prompt, reply["usage"]["completion_tokens"])
     position = 0
     for entry in content:  # the answer's tokens, in order, among the generated ones
-        while bytes(entry["bytes"]) != token_bytes(model.encoding, generated[position]):
+        while bytes(entry["bytes"]) != token_bytes(generated[position]):
             position += 1
         assert entry["logprob"] == pytest.approx(rows[position][generated[position]], abs=ATOL)
         tops = [t["logprob"] for t in entry["top_logprobs"]]

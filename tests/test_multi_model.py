@@ -257,30 +257,60 @@ def test_keep_alive_per_request(roomy_server):
         "model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "keep_alive": -1})
 
 
-def test_cache_budgets_that_overcommit_memory_together_are_warned_about(roomy_server, start_server, scripted_dir,
-                                                                        tmp_path):
-    # Each engine's KV budget is 80% of the memory free when it loaded: two of them promise more
-    # than the machine has, and the log says so when the second loads.
-    say_hello(roomy_server.client(), "scripted")
-    wait_for(lambda: "loaded beside demo" in roomy_server.log(), 10, "the overcommit warning")
-    assert "set kv_memory_mb per [[models]] entry" in roomy_server.log()
-    shared = write_config(tmp_path / "config.toml", f"""
-[[models]]
-alias = "demo"
-model = "demo"
-default = true
-kv_memory_mb = 64
+COUNT = " ".join(f"n{i}" for i in range(60))
+
+
+def test_loaded_models_share_one_kv_budget(start_server, tmp_path_factory):
+    """Two models in a 1 MiB KV budget (512 bytes per token each): each alone could take 1 MiB, so
+    with a budget each, both requests below would run at once. Shared, the second model's request
+    waits while the first one's running request holds more than half of it, and runs when it ends."""
+    root = tmp_path_factory.mktemp("kv")
+    slow = build_scripted_model(root / "slow", {"Count slowly": f"<|channel|>final<|message|>{COUNT}<|return|>"},
+                                kv_width=64, step_delay=STEP)
+    quick = build_scripted_model(root / "quick", SCRIPTS, kv_width=64)
+    config = write_config(root / "config.toml", f"""
+kv_memory_mb = 1
 
 [[models]]
-alias = "scripted"
-model = "{scripted_dir}"
+alias = "slow"
+model = "{slow}"
 trust_remote_code = true
-kv_memory_mb = 64
+default = true
+
+[[models]]
+alias = "quick"
+model = "{quick}"
+trust_remote_code = true
 """)
-    server = start_server(["--config", str(shared)], env={"SWALLOW_TEMPERATURE": "0", "HF_HUB_CACHE": "/nonexistent"})
-    say_hello(server.client(), "scripted")
-    assert loaded(server) == {"demo", "scripted"}
-    assert "KV cache budgets" not in server.log()
+    server = start_server(["--config", str(config)], env={"SWALLOW_TEMPERATURE": "0", "HF_HUB_CACHE": "/nonexistent"})
+    httpx.post(f"{server.url}/v1/models/quick/load", timeout=60).raise_for_status()
+    client = server.client()
+    assert server.health()["kv_memory"]["budget_bytes"] == 2**20
+
+    ended = {}
+
+    def ask(model: str, question: str):
+        reply = client.chat.completions.create(model=model, max_tokens=1200,  # ~0.65 MiB at worst
+                                               messages=[{"role": "user", "content": question}])
+        ended[model] = (time.monotonic(), reply.choices[0].message.content)
+
+    counting = threading.Thread(target=ask, args=("slow", "Count slowly"))
+    counting.start()
+    wait_for(lambda: server.health()["models"]["slow"]["running"] == 1, 30, "the slow model's request running")
+    greeting = threading.Thread(target=ask, args=("quick", "Say hello"))
+    greeting.start()
+    wait_for(lambda: server.health()["models"]["quick"]["memory"]["waiting_for_memory"] == 1, 30,
+             "the quick model's request waiting for memory")
+    health = server.health()
+    assert "slow" not in ended and health["kv_memory"]["reserved_bytes"] > 2**19
+    counting.join(60)
+    greeting.join(60)
+    assert ended["slow"][1] == COUNT and ended["quick"][1] == HELLO
+    assert ended["quick"][0] > ended["slow"][0]  # it ran once the other's request was done
+    # one that could never fit, not even alone, is still a clear 400
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="quick", max_tokens=3000, messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.code == "kv_memory_exceeded"
     server.stop()
 
 

@@ -111,10 +111,13 @@ def test_list_show_and_ps(api):
     shown = api.show("scripted:latest")  # Ollama's clients add the tag
     assert shown.capabilities == ["completion", "tools", "thinking"]
     assert shown.modelinfo["scripted.context_length"] == 4096 and "harmony" in shown.template
+    api.chat(model="scripted", messages=[], keep_alive=1e300)  # kept longer than any date can say
+    (running,) = [m for m in api.ps().models if m.model == "scripted"]
+    assert running.expires_at.year > 2300  # Ollama's way of saying "never"
     api.chat(model="scripted", messages=[], keep_alive=-1)  # loaded, for good (whatever earlier tests set)
     (running,) = [m for m in api.ps().models if m.model == "scripted"]
     assert running.context_length == 4096 and running.digest == listed.digest
-    assert running.expires_at.year > 2300  # Ollama's way of saying "never"
+    assert running.expires_at.year > 2300
 
 
 def test_errors_come_in_ollamas_shape(api, scripted_server):

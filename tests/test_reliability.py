@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.scripted import FAIL, build_scripted_model
-from tests.scripts import JAPANESE_ANSWER, SCRIPTS, STOP_ANSWER, final, thought
+from tests.scripts import JAPANESE_ANSWER, LONG_WORDS, SCRIPTS, STOP_ANSWER, final, thought
 
 FAIL_BEFORE = "Some words before"
 STORY = " ".join(f"tale{i}" for i in range(100))
@@ -149,16 +149,24 @@ def test_past_the_slot_and_the_queue_is_429_at_once(limited_server):
     assert metric(m, "swallow_http_requests_total", endpoint="/v1/chat/completions", method="POST", status="499") >= 1
 
 
-def test_leaving_while_decoding_frees_the_slot_at_once(limited_server):
+def engine_work(server) -> tuple[float, float]:
+    """(generations the engine cancelled, tokens it generated, read or not), so far."""
+    m = scrape(server)
+    return metric(m, "swallow_engine_generations_total", reason="cancelled"), metric(m, "swallow_engine_tokens_total")
+
+
+def test_leaving_while_decoding_cancels_the_generation(limited_server):
+    cancelled, tokens = engine_work(limited_server)
     with httpx.stream("POST", f"{limited_server.url}/v1/chat/completions", json=ESSAY, timeout=30) as response:
         lines = response.iter_lines()
         for _ in range(10):
             next(lines)
         assert slots(limited_server) == (1, 0, 1)
-    assert wait_idle(limited_server, 3) < 3
-    start = time.monotonic()
+    wait_idle(limited_server, 5)
+    cancelled_after, tokens_after = engine_work(limited_server)
+    assert cancelled_after == cancelled + 1  # the engine stopped it: no one was reading
+    assert tokens_after - tokens < 1000  # of the ~4000 it would have written (3000 words, to the context's end)
     assert httpx.post(f"{limited_server.url}/v1/chat/completions", json=SHORT, timeout=30).status_code == 200
-    assert time.monotonic() - start < 10
 
 
 def test_leaving_while_prefilling_frees_the_slot_at_once(limited_server):
@@ -166,19 +174,27 @@ def test_leaving_while_prefilling_frees_the_slot_at_once(limited_server):
     words = " ".join(f"w{random.randrange(10**6)}" for _ in range(1000))
     body = {**ESSAY, "messages": [{"role": "user", "content": f"{words} Write a long essay"}], "max_tokens": 500}
     before = metric(scrape(limited_server), "swallow_completion_tokens_total")
+    cancelled, tokens = engine_work(limited_server)
     request = RawRequest(limited_server, body)
     wait_for(lambda: slots(limited_server) == (1, 0, 1), 10, "in the engine")
     request.leave()
-    assert wait_idle(limited_server, 3) < 3
+    wait_idle(limited_server, 5)
     generated = metric(scrape(limited_server), "swallow_completion_tokens_total") - before
     assert generated < 20, f"it got past the prefill and generated {generated} tokens before leaving"
+    cancelled_after, tokens_after = engine_work(limited_server)
+    assert cancelled_after == cancelled + 1 and tokens_after - tokens < 20  # stopped in its prefill
 
 
-def test_leaving_before_the_first_byte_frees_the_slot(limited_server):
+def test_leaving_before_the_first_byte_frees_the_slot_and_generates_nothing_more(limited_server):
+    cancelled, tokens = engine_work(limited_server)
     for _ in range(3):
         RawRequest(limited_server, ESSAY).leave()
         RawRequest(limited_server, {**SHORT, "stream": False}).leave()
     wait_idle(limited_server, 5)
+    cancelled_after, tokens_after = engine_work(limited_server)
+    # each essay that reached the engine was cancelled there, long before its ~4000 tokens
+    assert tokens_after - tokens < 1000
+    assert cancelled_after - cancelled <= 6
     assert httpx.post(f"{limited_server.url}/v1/chat/completions", json=SHORT, timeout=30).status_code == 200
 
 
@@ -205,6 +221,29 @@ def test_error_after_streaming_began_ends_the_stream_cleanly(limited_server):
     assert reply.choices[0].message.content == JAPANESE_ANSWER
     wait_idle(limited_server)
     assert metric(scrape(limited_server), "swallow_turns_total", finish_reason="error") >= 2
+
+
+def test_text_the_tokenizer_would_take_minutes_over_fails_alone(scripted_server):
+    """400 KB of one letter is one tokenizer piece, which openai-harmony would take over a minute
+    to read, holding the event loop (every stream would stall, /health too). It is refused at
+    once, with a 400 in each API's own shape, while a stream beside it goes on to its end."""
+    unbroken = [{"role": "user", "content": "a" * 400_000}]
+    url = scripted_server.url
+    body = {"messages": [{"role": "user", "content": "Write a long essay"}], "stream": True, "max_tokens": 150}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as essay:
+        lines = essay.iter_lines()
+        first = [next(lines) for _ in range(6)]
+        refused = httpx.post(f"{url}/v1/chat/completions", json={"messages": unbroken}, timeout=60)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unbroken_text"
+        assert "400,000 bytes" in refused.json()["error"]["message"]
+        anthropic = httpx.post(f"{url}/v1/messages", json={"max_tokens": 8, "messages": unbroken}, timeout=60)
+        assert anthropic.status_code == 400 and anthropic.json()["error"]["type"] == "invalid_request_error"
+        assert scripted_server.health()["status"] == "ok"
+        events = sse_events(first + list(lines))
+    chunks = [json.loads(e) for e in events[:-1]]
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert events[-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert len(content) > 100 and LONG_WORDS.startswith(content)
 
 
 def test_a_server_bug_mid_stream_still_ends_the_stream():
@@ -375,10 +414,16 @@ def test_load_with_walk_aways_keeps_answers_apart_and_memory_steady(scripted_ser
     deadline = time.monotonic() + 150
     sizes = []
     for round_number in range(3):
+        cancelled, tokens = engine_work(scripted_server)
         problems = asyncio.run(load_round(scripted_server.url, clients=24, leavers=8))
         assert not problems, f"round {round_number}: {problems}"
         wait_for(lambda: scripted_server.health()["running"] == 0 and scrape(scripted_server)[
             ("swallow_requests_running", ())] == 0, 10, "idle after the round")
+        cancelled_after, tokens_after = engine_work(scripted_server)
+        # the 4 who left mid-answer were cancelled (and the others that got as far), and no essay
+        # ran on unread: 16 short answers and a few dozen essay tokens, not 4 x ~4000
+        assert cancelled_after - cancelled >= 4, f"round {round_number}"
+        assert tokens_after - tokens < 4000, f"round {round_number}: {tokens_after - tokens} tokens generated"
         sizes.append(rss_bytes(pid))
         assert time.monotonic() < deadline, "the load test ran out of time"
     growth = sizes[-1] - sizes[0]

@@ -86,7 +86,11 @@ def test_string_input(client):
     assert usage.input_tokens > 50
     assert usage.output_tokens > usage.output_tokens_details.reasoning_tokens > 0
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
-    assert usage.input_tokens_details.cached_tokens >= 0
+    question = "What is 2+2? (Asked twice in this test only.)"
+    first = create(client, question).usage
+    again = create(client, question).usage
+    assert first.input_tokens_details.cached_tokens < first.input_tokens - 1
+    assert again.input_tokens - 2 <= again.input_tokens_details.cached_tokens < again.input_tokens  # all but its end
 
 
 def test_output_text_is_in_the_json_too(scripted_server):

@@ -53,9 +53,25 @@ def test_seeded_sampler_repeats_and_unseeded_differs():
     assert first == again
     a, b = make_request_sampler(params, VOCAB), make_request_sampler(params, VOCAB)
     assert [a(logprobs).item() for _ in range(5)] == [b(logprobs).item() for _ in range(5)]
+    # without a seed, two requests draw differently (5 uniform draws over 4096 tokens: equal by chance ~1e-18)
+    unseeded = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=None)
+    c, d = make_request_sampler(unseeded, VOCAB), make_request_sampler(unseeded, VOCAB)
+    assert [c(logprobs).item() for _ in range(5)] != [d(logprobs).item() for _ in range(5)]
     huge = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=-(2**70))
     assert 0 <= make_request_sampler(huge, VOCAB)(logprobs).item() < VOCAB
     assert math.isfinite(float(logprobs[0, 0]))
+
+
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_a_tiny_temperature_picks_the_most_likely_token(top_k):
+    """1 / 1e-40 overflows float32: the sampler must still pick the top token (it once drew an
+    arbitrary one, a masked one included, from NaN logprobs)."""
+    logits = mx.zeros((1, VOCAB)).at[0, 5].add(3.0)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    for temperature in (1e-40, 5e-324):
+        params = SamplingParams(temperature=temperature, top_p=0.95, top_k=top_k, min_p=0.0, seed=1)
+        sample = make_request_sampler(params, vocab_size=VOCAB)
+        assert [sample(logprobs).item() for _ in range(3)] == [5, 5, 5]
 
 
 @pytest.mark.parametrize("top_k", [0, 20])

@@ -1,5 +1,5 @@
-"""Security against the live server: API key, CORS origins, request body limit, message count
-limit, /metrics behind the key."""
+"""Security against the live server: API key, CORS origins, Host names (DNS rebinding), request
+body limit, message count limit, /metrics behind the key."""
 
 import time
 
@@ -10,7 +10,7 @@ import pytest
 
 from server.cli import serve_parser
 from server.config import Settings, load_settings
-from server.plumbing.middleware import origin_regex
+from server.plumbing.middleware import allowed_hosts, origin_regex
 from tests.scripts import JAPANESE_ANSWER
 
 KEY = "sk-local-test-key"
@@ -25,7 +25,7 @@ def keyed_server(start_server, scripted_model):
     server = start_server(
         ["--model", str(scripted_model), "--trust-remote-code", "--served-model-name", "scripted",
          "--cors-origins", f"{ALLOWED},http://intranet:*"],
-        env={"SWALLOW_API_KEY": KEY, "SWALLOW_MAX_BODY_MB": "1", "SWALLOW_MAX_MESSAGES": "3",
+        env={"SWALLOW_API_KEY": KEY, "SWALLOW_ALLOWED_HOSTS": "intranet, *.example.lan", "SWALLOW_MAX_BODY_MB": "1", "SWALLOW_MAX_MESSAGES": "3",
              "SWALLOW_METRICS_PUBLIC": "false"},
     )
     yield server
@@ -152,6 +152,61 @@ def test_configured_origins_replace_the_default(keyed_server):
     unauthorized = httpx.get(f"{keyed_server.url}/v1/models", headers={"Origin": ALLOWED})
     assert_error(unauthorized, 401)
     assert unauthorized.headers["access-control-allow-origin"] == ALLOWED
+
+
+# ---- Host names (DNS rebinding) -----------------------------------------------------------
+
+REBOUND = {"Host": "attacker.example.com"}  # a page whose name was made to resolve to 127.0.0.1
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/v1/models"), ("GET", "/"), ("GET", "/status.json"),
+                                          ("GET", "/health"), ("POST", "/v1/chat/completions")])
+def test_a_foreign_host_name_is_refused_on_a_loopback_server(scripted_server, method, path):
+    refused = httpx.request(method, scripted_server.url + path, headers=REBOUND, timeout=10,
+                            **({"json": CHAT} if method == "POST" else {}))
+    error = assert_error(refused, 403, "host_not_allowed")
+    assert "'attacker.example.com'" in error["message"] and "allowed_hosts" in error["message"]
+
+
+def test_loopback_names_are_served_on_any_port(scripted_server):
+    port = scripted_server.port
+    for host in ("localhost", f"localhost:{port}", "127.0.0.1", f"127.0.0.1:{port}", "[::1]", f"[::1]:{port}",
+                 "LOCALHOST:1"):
+        assert httpx.get(f"{scripted_server.url}/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def test_the_messages_api_refuses_a_foreign_host_in_its_own_shape(scripted_server):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=scripted_server.url, api_key="x", max_retries=0,
+                                 default_headers=REBOUND)
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        client.messages.create(model="scripted", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body["error"]["type"] == "permission_error"
+    assert "allowed_hosts" in refused.value.body["error"]["message"]
+
+
+def test_allowed_hosts_adds_names(keyed_server):
+    for host in ("intranet", "intranet:8000", "box.example.lan", "a.b.example.lan:1", "localhost"):
+        assert httpx.get(f"{keyed_server.url}/v1/models", headers={"Host": host, **auth()}).status_code == 200, host
+    for host in ("example.lan", "intranet.evil.example", "evilexample.lan", "attacker.example.com"):
+        assert_error(httpx.get(f"{keyed_server.url}/v1/models", headers={"Host": host, **auth()}), 403,
+                     "host_not_allowed")
+
+
+@pytest.mark.parametrize("listen, hosts, checked", [
+    ("127.0.0.1", [], []), ("localhost", [], []), ("::1", ["box.lan"], ["box.lan"]),
+    ("0.0.0.0", [], None), ("0.0.0.0", ["box.lan"], ["box.lan"]), ("127.0.0.1", ["*"], None),
+    ("192.168.1.20", [], None)])
+def test_the_host_check_is_on_when_listening_on_loopback_or_when_names_are_given(listen, hosts, checked):
+    assert allowed_hosts(Settings(host=listen, allowed_hosts=hosts)) == checked
+
+
+def test_allowed_hosts_from_the_environment_and_bad_names(monkeypatch):
+    monkeypatch.setenv("SWALLOW_ALLOWED_HOSTS", "Box.LAN, 10.0.0.2,[fe80::1]")
+    assert load_settings(None).allowed_hosts == ["box.lan", "10.0.0.2", "[fe80::1]"]
+    with pytest.raises(Exception, match="not a host name"):
+        Settings(allowed_hosts=["http://box.lan"])
 
 
 # ---- request body limit ------------------------------------------------------------------

@@ -189,3 +189,50 @@ def test_messages_tool_choice_and_format():
     assert unknown.param == "tool_choice.name"
     fmt = messages_turn(output_config={"format": {"type": "json_schema", "schema": WEATHER}}).response_format
     assert (fmt.type, fmt.param) == ("json_schema", "output_config.format.schema")
+
+
+# ---- MCP servers the server runs tools of (docs/tools.md) -------------------------------------
+
+def test_each_api_names_its_mcp_servers_in_its_own_words():
+    from server.tools.toolbox import ServerAsk
+
+    assert chat(ChatCompletionRequest(messages=HI)).servers is None  # none named: the configured defaults
+    assert chat(ChatCompletionRequest(messages=HI, tools=[
+        {"type": "mcp", "server_label": "fs", "allowed_tools": {"tool_names": ["read_text_file"]}}])).servers \
+        == (ServerAsk("fs", ("read_text_file",), param="tools[0]"),)
+    assert responses(ResponsesRequest(input="hi"), history=[]).servers == ()  # none: none
+    assert responses(ResponsesRequest(input="hi", tools=[
+        {"type": "mcp", "server_label": "web", "server_url": "https://example.com/mcp", "authorization": "t",
+         "require_approval": "never"}]), history=[]).servers \
+        == (ServerAsk("web", url="https://example.com/mcp", headers={"Authorization": "Bearer t"}, param="tools[0]"),)
+    # the MCP connector: a server in mcp_servers and its toolset are one server
+    asks = messages(MessagesRequest(max_tokens=10, messages=HI, mcp_servers=[{"type": "url", "name": "fs", "url": ""}],
+                                    tools=[{"type": "mcp_toolset", "mcp_server_name": "fs",
+                                            "configs": {"write_file": {"enabled": False}}}])).servers
+    assert asks == (ServerAsk("fs", denied_tools=("write_file",), param="mcp_servers[0]"),)
+
+
+def test_max_tool_calls_bounds_the_loop_within_the_setting():
+    assert responses_turn().server_tools.max_rounds == SETTINGS.tool_max_rounds == 8
+    assert responses_turn(max_tool_calls=2).server_tools.max_rounds == 2
+    assert responses_turn(max_tool_calls=50).server_tools.max_rounds == 8
+
+
+def test_approvals_and_connectors_are_refused_on_responses():
+    for tool in ({"type": "mcp", "server_label": "fs", "require_approval": "always"},
+                 {"type": "mcp", "server_label": "gmail", "connector_id": "connector_gmail"}):
+        with pytest.raises(ValueError):
+            ResponsesRequest(input="hi", tools=[tool])
+
+
+def test_earlier_mcp_calls_go_back_into_harmony_as_call_and_result():
+    turn = responses_turn(input=[
+        {"role": "user", "content": "Read it."},
+        {"type": "mcp_list_tools", "server_label": "everything", "tools": []},
+        {"type": "mcp_call", "server_label": "everything", "name": "get-sum", "arguments": '{"a": 1}',
+         "output": None, "error": {"type": "mcp_protocol_error", "code": -32000, "message": "timed out"}},
+    ])
+    call, result = turn.prompt.messages[-2:]
+    assert (call.recipient, call.channel, call.content[0].text) == ("everything.get_sum", "commentary", '{"a": 1}')
+    assert (result.author.name, result.recipient, result.content[0].text) == (
+        "everything.get_sum", "assistant", "Error: timed out")

@@ -14,24 +14,47 @@ from server.api.responses.routes import respond
 from server.api.responses.schema import ResponsesRequest
 from server.batches.runner import Endpoint
 from server.engine.errors import EngineError, GaveWay
+from server.registry.lease import RELEASES
 
 
-def _answer(reply):
-    async def answer(state, body) -> dict:
-        try:
-            return await reply(state, body)
-        except GaveWay:  # not an answer: the runner runs the line again
-            raise
-        except EngineError as e:
-            raise as_api_error(e) from e
+class Detached:
+    """What the endpoints' code reads of its HTTP request, for a batch line, which has none: the
+    app (its MCP servers, its stores), the scope where what must be let go once the answer is done
+    is registered (the MCP servers a line named), and a client that never hangs up."""
 
-    return answer
+    def __init__(self, app):
+        self.app = app
+        self.scope = {"state": {RELEASES: []}}
+
+    async def is_disconnected(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        for release in self.scope["state"][RELEASES]:
+            release()
 
 
-def batch_endpoints(responses_store) -> dict[str, Endpoint]:
+def batch_endpoints(app) -> dict[str, Endpoint]:
+    def answer(reply):
+        async def run(state, body) -> dict:
+            request = Detached(app)
+            try:
+                return await reply(state, body, request)
+            except GaveWay:  # not an answer: the runner runs the line again
+                raise
+            except EngineError as e:
+                raise as_api_error(e) from e
+            finally:
+                request.release()
+
+        return run
+
+    def response(state, body, request):
+        return respond(state, body, app.state.responses_store, request)
+
     return {
-        "/v1/chat/completions": Endpoint(ChatCompletionRequest, _answer(chat_completion)),
-        "/v1/responses": Endpoint(ResponsesRequest, _answer(lambda state, body: respond(state, body, responses_store))),
-        "/v1/completions": Endpoint(CompletionRequest, _answer(text_completion)),
-        "/v1/messages": Endpoint(MessagesRequest, _answer(message_reply)),  # Anthropic's Message Batches
+        "/v1/chat/completions": Endpoint(ChatCompletionRequest, answer(chat_completion)),
+        "/v1/responses": Endpoint(ResponsesRequest, answer(response)),
+        "/v1/completions": Endpoint(CompletionRequest, answer(text_completion)),
+        "/v1/messages": Endpoint(MessagesRequest, answer(message_reply)),  # Anthropic's Message Batches
     }

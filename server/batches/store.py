@@ -16,11 +16,12 @@ the batch `finalizing`, finalized again at the next start (the orphan file is sw
 
 Retention: files, and batches that ended, older than `retention_days` are deleted (at open and
 then hourly, by the runner). Disk use (files and database) is capped at `disk_bytes`: an upload
-or a new batch that would go past it gets 507 insufficient_storage, as does one that meets a full
-disk. A running batch is never stopped by the cap.
+or a new batch that would go past it gets 507 insufficient_storage, as does one while the disk
+under data_dir is full (server/plumbing/disk.py: the data directory's one DataDisk, shared with
+the stored responses and the prompt-cache snapshots). A running batch is never stopped by the cap;
+on a full disk its answers wait in memory, their commit tried again (runner.py).
 """
 
-import errno
 import json
 import logging
 import os
@@ -31,8 +32,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.paths import cache_dir
 from server.batches.intake import Line
+from server.plumbing.disk import DataDisk, data_root
 from server.plumbing.errors import APIError
 
 log = logging.getLogger("swallow.batches")
@@ -85,7 +86,6 @@ RUNNING = ("validating", "in_progress", "cancelling", "finalizing")
 ENDED = ("completed", "failed", "cancelled", "expired")
 UNRUN = {"cancelled": ("batch_cancelled", "The batch was cancelled before this request ran."),
          "expired": ("batch_expired", "This request could not be executed before the completion window expired.")}
-FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class Result:
 
 
 def batches_directory(data_dir: str) -> Path:
-    return (Path(data_dir).expanduser() if data_dir else cache_dir()) / "batches"
+    return data_root(data_dir) / "batches"
 
 
 def insufficient_storage(message: str) -> APIError:
@@ -150,8 +150,9 @@ def insufficient_storage(message: str) -> APIError:
 
 
 class BatchStore:
-    def __init__(self, root: Path, retention_days: int = 30, disk_bytes: int = 0):
+    def __init__(self, root: Path, retention_days: int = 30, disk_bytes: int = 0, disk: DataDisk | None = None):
         self.root = root
+        self.disk = disk or DataDisk(root)
         self.files_dir = root / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.retention_days, self.disk_bytes = retention_days, disk_bytes
@@ -228,19 +229,23 @@ class BatchStore:
         return total
 
     def check_room(self, more: int) -> None:
-        """507 when `more` bytes would take the batch files past the disk cap."""
+        """507 when `more` bytes would take the batch files past the disk cap, or while the disk
+        under data_dir is full."""
+        if not self.disk.has_room():
+            raise self._disk_full()
         if self.disk_bytes and self.disk_use() + more > self.disk_bytes:
             raise insufficient_storage(
                 f"The batch files would take more than the {self.disk_bytes / 2**20:,.0f} MiB this server keeps for "
                 "them (batch_disk_mb). Delete files or batches that are done, or raise batch_disk_mb.")
 
-    @staticmethod
-    def full_disk(error: BaseException) -> APIError | None:
-        """The 507 for a write that failed for lack of room; None for any other failure."""
-        if (getattr(error, "errno", None) in FULL_ERRNOS or getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                or "No space left" in str(error) or "database or disk is full" in str(error)):
-            return insufficient_storage(f"The disk under the server's data_dir is full ({error}).")
-        return None
+    def full_disk(self, error: BaseException) -> APIError | None:
+        """The 507 for a write that failed for lack of room (the disk is then full for every writer
+        under data_dir); None for any other failure."""
+        return self._disk_full() if self.disk.write_failed(error) else None
+
+    def _disk_full(self) -> APIError:
+        return insufficient_storage(f"The disk under the server's data_dir ({self.disk.path}) is full: free some "
+                                    "space there, or delete files and batches that are done.")
 
     # ---- batches ----------------------------------------------------------------------
 
@@ -473,6 +478,6 @@ def _batch(row: sqlite3.Row) -> BatchRecord:
     return BatchRecord(**values)
 
 
-def open_batch_store(settings) -> BatchStore:
+def open_batch_store(settings, disk: DataDisk | None = None) -> BatchStore:
     return BatchStore(batches_directory(settings.data_dir), settings.batch_retention_days,
-                      settings.batch_disk_mb * 2**20)
+                      settings.batch_disk_mb * 2**20, disk)

@@ -44,7 +44,7 @@ from server.distributed.world import (
     exit_soon,
 )
 from server.engine.engine import Engine, new_batch
-from server.engine.memory import cache_budget, measure_kv_cost
+from server.engine.memory import KVBudget, cache_budget, measure_kv_cost
 
 log = logging.getLogger("swallow.engine")
 
@@ -200,8 +200,8 @@ class DistributedEngine(Engine):
             budget, source = cache_budget(self.settings.kv_memory_mb)
             ranks = self.world.introduce(kv_budget=budget, device=device_name())
         # every rank holds a 1/N shard of every row's cache: the tightest rank sets the budget
-        self.kv_budget = min(r["kv_budget"] for r in ranks)
-        self.kv_budget_source = source if self.kv_budget == budget else f"{source}, of the rank with the least"
+        least = min(r["kv_budget"] for r in ranks)
+        self.kv = KVBudget(least, source if least == budget else f"{source}, of the rank with the least")
         log.info("distributed: %d ranks over %s: %s", self.world.size, self.world.backend,
                  "; ".join(f"rank {r['rank']} on {r['host']} (pid {r['pid']}, {r['device']})" for r in ranks))
 

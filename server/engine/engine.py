@@ -13,9 +13,11 @@ Tokens reach the event loop once per engine step, all requests' together (one th
 per step, not one per token per request).
 
 Memory-aware admission (memory.py): a request joins the batch only when the worst case of its
-KV cache (prompt + token limit) fits beside the running ones in the cache budget; until then it
-waits in the engine's queue (`waiting_for_memory`), and the prompt cache gives up entries to make
-room for it. One that could never fit is refused before it is submitted (`check_fits`).
+KV cache (prompt + token limit) fits beside the running ones in the cache budget, which every
+loaded model's engine shares (KVBudget: their running requests and prompt caches count too);
+until then it waits in the engine's queue (`waiting_for_memory`), and the prompt caches give up
+entries to make room for it (this engine's at once, the others' on their own threads). One that
+could never fit is refused before it is submitted (`check_fits`).
 
 Live requests come first (batch work is a Generation with `background` set, server/batches/):
 admission takes every waiting live request before any batch row, and admits batch rows only into
@@ -45,12 +47,13 @@ from server.config import Settings
 from server.engine.errors import CacheWontFit, EngineStopped
 from server.engine.generation import Finished, Generation, hand_over
 from server.engine.logprobs import LogprobCapture, ScoreJob, score_tokens
-from server.engine.memory import KVCost, cache_budget, measure_kv_cost
+from server.engine.memory import KVBudget, KVCost, cache_budget, measure_kv_cost
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import (
     SamplingParams,
     make_request_processors,
 )
+from server.plumbing import metrics
 
 log = logging.getLogger("swallow.engine")
 
@@ -71,7 +74,9 @@ def new_batch(model, settings: Settings) -> BatchGenerator:
 
 
 class Engine:
-    def __init__(self, settings: Settings, model_path=None):
+    def __init__(self, settings: Settings, model_path=None, kv: KVBudget | None = None):
+        """`kv`: the KV cache budget it shares with the other loaded models' engines; None: one
+        of its own, measured once its model is loaded."""
         self.settings = settings
         self.name = settings.served_model_name or settings.model  # the model's label in metrics
         self.model_path = model_path  # found by models.loading.prepare_model, when already done
@@ -87,8 +92,7 @@ class Engine:
         self.dead: str | None = None  # why the engine thread died, once it has
         self.on_death = None  # called (from the engine thread) with the reason
         self.kv_cost: KVCost | None = None
-        self.kv_budget = 0  # bytes the KV caches may use
-        self.kv_budget_source = ""
+        self.kv = kv
         self.prompt_cache = PromptCache(settings)
         self.gave_way = 0  # batch rows taken out of the batch for live requests, so far
 
@@ -131,6 +135,29 @@ class Engine:
     @property
     def waiting_for_memory(self) -> int:
         return self.waiting - self._inbox
+
+    @property
+    def kv_budget(self) -> int:
+        """Bytes this engine's KV caches may use: the shared budget, or its own kv_memory_mb
+        when that is less."""
+        total = self.kv.total if self.kv is not None else 0
+        own = self.settings.kv_memory_mb * 2**20
+        return min(own, total) if own else total
+
+    @property
+    def kv_budget_source(self) -> str:
+        if self.kv is None:
+            return ""
+        own = self.settings.kv_memory_mb * 2**20
+        return "kv_memory_mb of this model" if own and own < self.kv.total else self.kv.source
+
+    def wake(self) -> None:
+        """Another engine's claims shrank: try admission again (any thread)."""
+        self._commands.put(("wake", None))
+
+    def give_up_cache(self, keep_bytes: int) -> None:
+        """Another engine needs room: trim the prompt cache to `keep_bytes` (any thread)."""
+        self._commands.put(("trim", keep_bytes))
 
     def memory_stats(self) -> dict:
         return {"kv_budget_bytes": self.kv_budget, "kv_budget_from": self.kv_budget_source,
@@ -190,11 +217,13 @@ class Engine:
         self.loaded = load_model(self.settings.model, trust_remote_code=self.settings.trust_remote_code,
                                  path=self.model_path)
         self.kv_cost = measure_kv_cost(self.loaded.model)
-        self.kv_budget, self.kv_budget_source = cache_budget(self.settings.kv_memory_mb)
+        if self.kv is None:
+            self.kv = KVBudget(*cache_budget(self.settings.kv_memory_mb))
 
     def _run(self) -> None:
         try:
             self._load()
+            self.kv.join(self)
             log.info("KV caches: %.0f bytes per token + %d fixed per request; %.0f MiB for caches (%s)",
                      self.kv_cost.per_token, self.kv_cost.fixed, self.kv_budget / 2**20, self.kv_budget_source)
         except Exception as e:  # reported by wait_until_loaded
@@ -208,6 +237,8 @@ class Engine:
             self._die(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             if not isinstance(e, Exception):
                 raise
+        finally:
+            self.kv.leave(self)  # its caches are gone: the other models' requests may use the room
         self.loaded = None
 
     def _warm_up(self, batch: BatchGenerator) -> None:
@@ -218,7 +249,7 @@ class Engine:
             pass
 
     def _serve(self) -> None:
-        self.prompt_cache.open_disk(self.loaded.path)
+        self.prompt_cache.open_disk(self.loaded.path, self.kv_cost.layout)
         batch = self._new_batch()
         try:
             self._warm_up(batch)
@@ -245,7 +276,9 @@ class Engine:
                 self._flush()
                 batch = self._new_batch()
                 self._admit(batch)
+                self._claim()
                 continue
+            metrics.ENGINE_TOKENS.labels(self.name).inc(len(responses))
             for response in responses:
                 generation = self._active.get(response.uid)
                 if generation is None:
@@ -266,6 +299,7 @@ class Engine:
                     self.prompt_cache.keep(response.all_tokens, response.prompt_cache, self._cache_room())
             self._admit(batch)
             self._flush()
+            self._claim()
 
     def _die(self, reason: str) -> None:
         log.critical("the engine thread died: %s", reason)
@@ -339,7 +373,12 @@ class Engine:
                 self._held.remove(generation)
                 generation._deliver(Finished("cancelled"))
                 self._release_followers(batch, generation)
+            elif command == "wake":  # another model's claims shrank
+                self._admit(batch)
+            elif command == "trim":  # another model needs room: `generation` is the bytes to keep
+                self.prompt_cache.trim_to(generation)
             self._flush()
+            self._claim()
 
     def _release_followers(self, batch: BatchGenerator, generation: Generation) -> None:
         """The generations waiting for this one's prompt go ahead (to admission)."""
@@ -374,23 +413,45 @@ class Engine:
             return 0
         return self.kv_cost.batch(len(rows), max(g.reserved for g in rows))
 
+    def _claim(self) -> None:
+        """Tell the shared budget what this engine holds now."""
+        self.kv.claim(self, self._reserved_bytes(), self.prompt_cache.stats()["bytes"])
+
+    def _room(self, reserved: int) -> int:
+        """What the prompt cache may hold beside `reserved` bytes of this engine's requests: the
+        rest of its budget, and of the shared one after the other engines' claims."""
+        others_reserved, others_cached = self.kv.others(self)
+        return max(0, min(self.kv_budget - reserved, self.kv.total - others_reserved - others_cached - reserved))
+
     def _cache_room(self) -> int:
         """What running requests leave of the KV budget: the most the prompt cache may hold."""
-        return max(0, self.kv_budget - self._reserved_bytes())
+        return self._room(self._reserved_bytes())
 
     def _admit(self, batch: BatchGenerator) -> None:
         """Moves waiting requests into the batch, first come first served (live requests before
-        batch rows), while their worst case fits beside the running ones; the prompt cache gives
-        up entries to make room, and batch rows give way to live requests."""
+        batch rows), while their worst case fits beside the running ones, this model's and the
+        other loaded models' (and their prompt caches, which give up entries to make room: this
+        one's at once, the others' when asked); batch rows of this model give way to live
+        requests. While one must wait for another model, that model wakes this engine when its
+        claims shrink."""
         while (generation := self._next_held()) is not None:
             if not generation.background:
                 self._make_way(batch, generation)
             needed = self._reserved_bytes(generation)
             if self._active and needed > self.kv_budget:
-                return  # wait until running requests finish
+                return  # wait until this model's running requests finish
+            others_reserved, others_cached = self.kv.others(self)
+            if needed + others_reserved > self.kv.total and (self._active or others_reserved):
+                self.kv.wait(self)  # until the other models' requests finish
+                return
+            short = min(others_cached, needed + others_reserved + others_cached - self.kv.total)
+            if short > 0:
+                self.kv.wait(self, short)  # until the other models' prompt caches give up that much
+                return
             self._held.remove(generation)
-            self.prompt_cache.trim_to(max(0, self.kv_budget - needed))
+            self.prompt_cache.trim_to(self._room(needed))
             self._insert(batch, generation)
+            self._claim()
 
     def _next_held(self) -> Generation | None:
         """The first live request waiting; else the first batch row, when the batch has a row
@@ -418,6 +479,7 @@ class Engine:
             for waiting in [youngest, *youngest.followers]:  # the line runs again, all its choices
                 waiting._deliver(Finished("gave_way"))
             youngest.followers = []
+            self._claim()
 
     def _insert(self, batch: BatchGenerator, generation: Generation) -> None:
         if generation.finished:  # cancelled while waiting

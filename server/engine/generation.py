@@ -18,6 +18,7 @@ from mlx_lm.sample_utils import greedy_sampler
 from server.engine.errors import GaveWay
 from server.engine.logprobs import LogprobCapture, Scored
 from server.engine.sampling import SamplingParams, make_request_sampler
+from server.plumbing import metrics
 
 log = logging.getLogger("swallow.engine")
 
@@ -69,6 +70,8 @@ class Generation:
         """Queues an item for the event loop (engine thread); Engine._flush sends the step's lot."""
         if self.engine is not None:
             self.engine._outbox.append((self, item))
+            if isinstance(item, Finished):
+                metrics.ENGINE_ENDS.labels(self.engine.name, item.reason).inc()
 
     async def events(self):
         """Yields generated token ids, then one Finished. Raises GaveWay when this batch row

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mlx_lm.models.cache import LRUPromptCache
 
-from models.paths import cache_dir
 from server.engine.disk_cache import DiskCache
+from server.plumbing.disk import data_disk, data_root
 
 log = logging.getLogger("swallow.engine")
 
@@ -31,15 +31,16 @@ class PromptCache:
         self.lru = LRUPromptCache(max_size=256, max_bytes=budget) if budget > 0 else None
         self.disk: DiskCache | None = None
 
-    def open_disk(self, model_path: Path) -> None:
-        """Snapshots on disk for this model, loaded back into memory (engine thread, at start)."""
+    def open_disk(self, model_path: Path, layout: tuple = ()) -> None:
+        """Snapshots on disk for this model, loaded back into memory (engine thread, at start).
+        `layout`: the model's cache_layout, which a snapshot must have."""
         settings = self.settings
         if self.lru is None or settings.prompt_cache_disk_mb <= 0:
             return
-        root = (Path(settings.data_dir).expanduser() if settings.data_dir else cache_dir()) / "prompt-cache"
+        root = data_root(settings.data_dir) / "prompt-cache"
         try:
             self.disk = DiskCache(root, model_path, settings.prompt_cache_disk_mb * 2**20,
-                                  settings.prompt_cache_disk_min_tokens)
+                                  settings.prompt_cache_disk_min_tokens, data_disk(settings.data_dir), layout)
         except OSError as e:
             log.warning("prompt cache: no snapshots on disk (%s)", e)
             return

@@ -47,6 +47,7 @@ import numpy as np
 from openai_harmony import HarmonyError, StreamState
 
 from server.engine.structured import Grammar, GrammarGuide
+from server.harmony.parse import is_call
 from server.harmony.stream import ReplyStream
 
 log = logging.getLogger("swallow.reasoning")
@@ -254,8 +255,8 @@ class ReplyControl:
             self._message_starts()
 
     def _is_call(self) -> bool:
-        recipient = self._parser.recipient
-        return bool(recipient) and recipient.startswith("functions.")
+        """A call's arguments (to a client's function or a tool the server runs): not analysis."""
+        return is_call(self._parser.recipient)
 
     def _content_token(self, token: int) -> None:
         if self._guide is not None:
@@ -267,7 +268,8 @@ class ReplyControl:
 
     def _message_starts(self) -> None:
         if self._is_call():
-            grammar = self.tool_grammars.get(self._parser.recipient[len("functions."):])
+            recipient = self._parser.recipient
+            grammar = self.tool_grammars.get(recipient[len("functions."):]) if recipient.startswith("functions.") else None
             if grammar is not None:
                 self._guide, self._guide_kind = grammar.guide(), "call"
         elif self._parser.channel == "final" and self.final_grammar is not None:

@@ -24,6 +24,10 @@ from mlx_lm.sample_utils import (
 )
 
 MIN_TOP_P = 1e-6
+# 1 / temperature, at most: a tiny temperature (1e-40 is a valid one) would make it inf in float32,
+# and 0 * inf a NaN, which the sampler turns into an arbitrary token, masks and forced tokens
+# ignored. Capped, the logprobs stay finite (or -inf) and the most likely token wins.
+MAX_INVERSE_TEMPERATURE = 1e30
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,12 @@ def _sample_top_k(logprobs: mx.array, params: SamplingParams, key: mx.array) -> 
         values = mx.where((mass_above >= params.top_p) & (mass_above > 0), -math.inf, values)
     if params.min_p > 0:
         values = mx.where(values < values[..., :1] + math.log(params.min_p), -math.inf, values)
-    choice = mx.random.categorical(values * (1.0 / params.temperature), key=key)
+    choice = mx.random.categorical(values * inverse_temperature(params), key=key)
     return mx.take_along_axis(candidates, choice[..., None], axis=-1).squeeze(-1)
+
+
+def inverse_temperature(params: SamplingParams) -> float:
+    return min(1.0 / params.temperature, MAX_INVERSE_TEMPERATURE)
 
 
 def make_request_sampler(params: SamplingParams, vocab_size: int = 201088):
@@ -70,12 +78,12 @@ def make_request_sampler(params: SamplingParams, vocab_size: int = 201088):
             filters.append(lambda x: apply_top_p(x, top_p))
         if params.min_p > 0:
             filters.append(lambda x: apply_min_p(x, params.min_p))
-        inverse_temperature = 1.0 / params.temperature
+        inverse = inverse_temperature(params)
 
         def choose(logprobs: mx.array, draw: mx.array) -> mx.array:
             for apply in filters:
                 logprobs = apply(logprobs)
-            return mx.random.categorical(logprobs * inverse_temperature, key=draw)
+            return mx.random.categorical(logprobs * inverse, key=draw)
 
     def sample(logprobs: mx.array) -> mx.array:
         nonlocal key

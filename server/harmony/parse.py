@@ -6,7 +6,9 @@ recipient:
 
     analysis                      -> reasoning
     final, commentary (no recipient), no channel -> content
-    recipient functions.NAME (any channel)       -> a tool call's arguments
+    recipient functions.NAME (any channel)       -> a tool call's arguments (a function the client runs)
+    any other recipient (fs.read_file, browser.search, python) -> a server call's arguments: a tool
+                                  the server runs, or says is not available (server/turn/loop.py)
 
 Replies that break the format are never lost: when the parser fails, or a header runs on
 without ever reaching <|message|>, the rest of the reply is decoded as plain content, and a
@@ -21,6 +23,7 @@ a tiktoken Encoding over the o200k_base.tiktoken rebuilt from its tokenizer.json
 
 import codecs
 import logging
+import re
 from dataclasses import dataclass
 
 from openai_harmony import HarmonyEncoding, HarmonyError, StreamState
@@ -35,8 +38,22 @@ PLAIN_HEADER_START = b" to="  # a recipient before the channel: the only header 
 
 @dataclass
 class Event:
-    kind: str  # "reasoning", "content", "tool_call" (text = the name), "tool_arguments"
+    # "reasoning", "content", "tool_call" (text = the function's name), "tool_arguments",
+    # "server_call" (text = the whole recipient: "fs.read_file"), "server_arguments"
+    kind: str
     text: str
+    channel: str | None = None  # of a call: the channel it was written on (its result goes there too)
+
+
+FUNCTIONS = "functions."
+# A recipient that names a tool: `fs.read_file`, `python`, `browser.search`. harmony's non-strict
+# parser can make one of a broken header (`<|channel|>final`): that is no call, its text is content.
+TOOL_RECIPIENT = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
+
+
+def is_call(recipient: str | None) -> bool:
+    """Whether a message to `recipient` is a tool call (a client's function, or a tool the server runs)."""
+    return bool(recipient) and recipient != "assistant" and TOOL_RECIPIENT.fullmatch(recipient) is not None
 
 
 class ReplyParser:
@@ -102,7 +119,18 @@ class ReplyParser:
 
     @staticmethod
     def _is_call(recipient: str | None) -> bool:
-        return bool(recipient) and recipient.startswith("functions.")
+        return is_call(recipient)
+
+    @staticmethod
+    def _call_events(recipient: str, channel: str | None, arguments: str | None) -> list[Event]:
+        """The start of a call (and its first arguments): to a client's function, or one the server runs."""
+        if recipient.startswith(FUNCTIONS):
+            events = [Event("tool_call", recipient[len(FUNCTIONS):], channel)]
+            kind = "tool_arguments"
+        else:
+            events = [Event("server_call", recipient, channel or "commentary")]
+            kind = "server_arguments"
+        return events + ([Event(kind, arguments)] if arguments else [])
 
     def _route(self, delta: str | None) -> list[Event]:
         recipient = self._parser.recipient
@@ -110,9 +138,10 @@ class ReplyParser:
         if self._is_call(recipient):
             if not self._call_open:
                 self._call_open = True
-                events.append(Event("tool_call", recipient[len("functions."):]))
-            if delta:
-                events.append(Event("tool_arguments", delta))
+                events += self._call_events(recipient, self._parser.channel, delta)
+            elif delta:
+                events.append(Event("tool_arguments" if recipient.startswith(FUNCTIONS) else "server_arguments",
+                                    delta))
         elif delta:
             kind = "reasoning" if self._parser.channel == "analysis" else "content"
             events.append(Event(kind, delta))
@@ -129,9 +158,7 @@ class ReplyParser:
             if not self._emitted_in_message and text and message.channel is None and not is_call:
                 events.append(Event("content", text))  # a reply with no usable header
             if is_call and not self._call_open:
-                events.append(Event("tool_call", message.recipient[len("functions."):]))
-                if text:
-                    events.append(Event("tool_arguments", text))
+                events += self._call_events(message.recipient, message.channel, text)
             if is_call or message.channel in ("final", None):
                 self.done = True
             self._emitted_in_message = False

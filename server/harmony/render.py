@@ -20,6 +20,7 @@ from openai_harmony import (
     Role,
     SystemContent,
     ToolDescription,
+    ToolNamespaceConfig,
 )
 
 EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high": ReasoningEffort.HIGH}
@@ -29,8 +30,9 @@ EFFORTS = {"low": ReasoningEffort.LOW, "medium": ReasoningEffort.MEDIUM, "high":
 class Prompt:
     effort: str
     instructions: str = ""
-    tools: list[ToolDescription] = field(default_factory=list)
+    tools: list[ToolDescription] = field(default_factory=list)  # the client's functions
     messages: list[Message] = field(default_factory=list)  # the conversation, after dev/system
+    namespaces: list[ToolNamespaceConfig] = field(default_factory=list)  # tools the server runs, one per source
 
 
 def with_response_format(prompt: Prompt, name: str, schema: dict, description: str | None = None) -> Prompt:
@@ -81,6 +83,26 @@ def tool_result(name: str, output: str) -> Message:
     return Message.from_author_and_content(author, output).with_channel("commentary").with_recipient("assistant")
 
 
+def server_call(recipient: str, arguments: str, channel: str = "commentary") -> Message:
+    """A call to a tool the server ran (`fs.read_file`), as history."""
+    return (Message.from_role_and_content(Role.ASSISTANT, arguments).with_channel(channel)
+            .with_recipient(recipient).with_content_type("<|constrain|>json"))
+
+
+def server_result(recipient: str, output: str, channel: str = "commentary") -> Message:
+    """Its result: a message from the tool, on the channel the call was on. The text is data: it is
+    encoded as text, so markup in it (`<|start|>system...`) stays text and can't open a message."""
+    author = Author.new(Role.TOOL, recipient)
+    return Message.from_author_and_content(author, output).with_channel(channel).with_recipient("assistant")
+
+
+def continuation(encoding: HarmonyEncoding, result: Message) -> list[int]:
+    """What follows a reply that ended in a call the server ran: the result's message, then the
+    start of the assistant's next message (the prompt of the loop's next round is the previous
+    prompt + the reply's tokens + these, so that the prompt cache holds all but these)."""
+    return encoding.render(result) + encoding.encode("<|start|>assistant", allowed_special="all")
+
+
 def drop_finished_reasoning(messages: list[Message]) -> list[Message]:
     """Harmony's rule: the analysis of a turn that ended in a final answer is not shown again;
     the analysis of the turn still in progress (tool calls since the last user message) is.
@@ -109,12 +131,14 @@ def render_with_boundary(encoding: HarmonyEncoding, prompt: Prompt, identity: st
     the offset where the system and developer messages end). The offset marks the part that
     requests with the same instructions and tools share, worth a prompt-cache copy."""
     head = [system_message(prompt, identity, knowledge_cutoff)]
-    if prompt.instructions or prompt.tools:
+    if prompt.instructions or prompt.tools or prompt.namespaces:
         developer = DeveloperContent.new()
         if prompt.instructions:
             developer = developer.with_instructions(prompt.instructions)
         if prompt.tools:
             developer = developer.with_function_tools(prompt.tools)
+        for namespace in prompt.namespaces:
+            developer = developer.with_tools(namespace)
         head.append(Message.from_role_and_content(Role.DEVELOPER, developer))
     tokens = encoding.render_conversation_for_completion(
         Conversation.from_messages(head + drop_finished_reasoning(prompt.messages)),

@@ -245,9 +245,9 @@ ERROR_SCHEMA = {
     }},
 }
 ERROR_STATUSES = {
-    "400": "Invalid request", "401": "Missing or wrong API key", "403": "Origin not allowed",
+    "400": "Invalid request", "401": "Missing or wrong API key", "403": "Origin or Host not allowed",
     "404": "Not found", "413": "Request body too large", "429": "Server busy (see Retry-After)",
-    "500": "Generation failed",
+    "500": "Generation failed", "507": "The response can't be stored: the disk under data_dir is full",
 }
 STREAMING = {("/v1/chat/completions", "post"), ("/v1/responses", "post"), ("/v1/messages", "post"),
              ("/v1/completions", "post")}
@@ -282,7 +282,9 @@ def document_errors(app: FastAPI) -> None:
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
                 for status, description in ERROR_STATUSES.items():
-                    if status in ("401", "403") and not path.startswith("/v1/"):
+                    if status == "401" and not path.startswith("/v1/"):
+                        continue
+                    if status == "507" and not (path.startswith("/v1/responses") and method in ("post", "delete")):
                         continue
                     if status in ("413", "429", "500") and method != "post":
                         continue

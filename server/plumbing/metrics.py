@@ -14,6 +14,9 @@
 - swallow_model_loaded{model}, swallow_model_weights_bytes{model}, swallow_requests_waiting_for_model{model},
   swallow_model_loads_total{model}, swallow_model_unloads_total{model,reason}: the models (server/registry/)
 - tokens, times and turns carry the `model` label too
+- swallow_engine_generations_total{model,reason}: generations the engine ended (stop, length,
+  cancelled: its client left or stopped listening, error); swallow_engine_tokens_total{model}: the
+  tokens the engine generated, read by a client or not (a generation nobody reads must stop)
 - swallow_prompt_cache_hits_total, swallow_prompt_cache_reused_tokens_total: turns whose prompt
   started from the prompt cache, and the prompt tokens it saved
 - swallow_reasoning_stops_total{reason}: analyses the server ended and turned into the answer,
@@ -26,12 +29,18 @@
   swallow_batch_lines_in_flight, swallow_batch_lines_total{result}; per model
   swallow_engine_batch_sequences / swallow_engine_batch_waiting (batch rows in the batch, and held
   for a free row) and swallow_batch_rows_gave_way_total (rows taken out for live requests)
+- swallow_tool_calls_total{source,outcome}, swallow_tool_call_duration_seconds{source},
+  swallow_tool_result_bytes_total{source}: calls the server ran itself (server/turn/loop.py), by the
+  source's label (an MCP server's name) and outcome (ok, error, timeout, cancelled, unavailable, refused)
+- swallow_mcp_server_up{server} (1 while connected), swallow_mcp_server_restarts_total{server}
 - process_* (memory, CPU, open files) and python_gc_*
 
 One registry per process (one server per process; bind() again replaces the model gauges). run_turn (server/turn/run.py) reports through
 a TurnWatch, so every API that generates is counted the same way.
 """
 
+import resource
+import sys
 import time
 from contextvars import ContextVar
 
@@ -82,6 +91,10 @@ CACHE_HITS = Counter("swallow_prompt_cache_hits", "Turns whose prompt started fr
                      registry=REGISTRY)
 CACHE_TOKENS = Counter("swallow_prompt_cache_reused_tokens", "Prompt tokens taken from the prompt cache "
                        "instead of being computed", ["model"], registry=REGISTRY)
+ENGINE_ENDS = Counter("swallow_engine_generations", "Generations the engine ended, by model and how (stop, "
+                      "length, cancelled, error)", ["model", "reason"], registry=REGISTRY)
+ENGINE_TOKENS = Counter("swallow_engine_tokens", "Tokens the engine generated, read by a client or not", ["model"],
+                        registry=REGISTRY)
 MODEL_LOADS = Counter("swallow_model_loads", "Times a model was loaded", ["model"], registry=REGISTRY)
 MODEL_UNLOADS = Counter("swallow_model_unloads", "Times a model was unloaded, by why (keep_alive, room, request)",
                         ["model", "reason"], registry=REGISTRY)
@@ -97,6 +110,16 @@ BATCH_LINES = Counter("swallow_batch_lines", "Batch lines answered, by result (s
                       "2xx; failed: an error answer)", ["result"], registry=REGISTRY)
 for _result in ("succeeded", "failed"):
     BATCH_LINES.labels(_result)
+TOOL_CALLS = Counter("swallow_tool_calls", "Tool calls the server ran itself, by source and outcome (ok, error, "
+                     "timeout, cancelled, unavailable, refused)", ["source", "outcome"], registry=REGISTRY)
+TOOL_SECONDS = Histogram("swallow_tool_call_duration_seconds", "How long the server's own tool calls took",
+                         ["source"], registry=REGISTRY,
+                         buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+TOOL_RESULT_BYTES = Counter("swallow_tool_result_bytes", "Bytes of the results of the server's own tool calls, "
+                            "as the tools returned them", ["source"], registry=REGISTRY)
+MCP_SERVER_UP = Gauge("swallow_mcp_server_up", "1 while the MCP server is connected", ["server"], registry=REGISTRY)
+MCP_SERVER_RESTARTS = Counter("swallow_mcp_server_restarts", "Times an MCP server was started again (it died, "
+                              "or its start failed)", ["server"], registry=REGISTRY)
 RUNNING = Gauge("swallow_requests_running", "Requests holding a generation slot", registry=REGISTRY)
 QUEUED = Gauge("swallow_requests_queued", "Requests waiting for a generation slot", registry=REGISTRY)
 router = APIRouter()
@@ -214,9 +237,12 @@ class TurnWatch:
     """One assistant turn's numbers: created when the turn starts, told of every generated
     token, closed when it stops listening, told how it ended."""
 
-    def __init__(self, prompt_tokens: int, model: str, timed: bool = True):
-        """`timed` False: tokens counted, times not (a batch line's: it waits for live requests)."""
-        self.model, self.timed = model, timed
+    def __init__(self, prompt_tokens: int, model: str, continued: bool = False, timed: bool = True):
+        """`continued`: a later round of a turn (after a tool the server ran): its first token is not
+        the request's first, so it is no time-to-first-token. `timed` False: tokens counted, times
+        not (a batch line's: it waits for live requests on purpose)."""
+        self.model = model
+        self.continued, self.timed = continued, timed
         PROMPT_TOKENS.labels(model).inc(prompt_tokens)
         # this model's series, looked up once rather than at every token
         self._first = FIRST_TOKEN_SECONDS.labels(model)
@@ -228,9 +254,9 @@ class TurnWatch:
 
     def token(self) -> None:
         now = time.perf_counter()
-        if self.timed and self.last is None:
+        if self.timed and self.last is None and not self.continued:
             self._first.observe(now - self.start)
-        elif self.timed:
+        elif self.timed and self.last is not None:
             self._between.observe(now - self.last)
         self.last = now
         self._completion.inc()
@@ -246,3 +272,15 @@ class TurnWatch:
 
     def end(self, end) -> None:
         TURNS.labels(self.model, end.finish_reason).inc()
+
+
+def process_memory() -> dict:
+    """This process's resident memory now (None where /proc can't tell: not Linux) and at its peak."""
+    rss = None
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_bytes": rss, "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}

@@ -5,13 +5,19 @@
    response's line says why: its code, else the start of its message); an exception that
    escapes the app becomes a 500 error object, or, once a stream has begun, an error event
    (an NDJSON error line on Ollama's API) so the stream still ends cleanly.
-2. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
+2. HostGuard: a server listening on a loopback address answers only requests addressed to a
+   loopback name (localhost, 127.0.0.1, [::1], any port) or to a name in `allowed_hosts`; any
+   other `Host` gets 403 in the API's error shape. A web page whose name an attacker makes
+   resolve to 127.0.0.1 (DNS rebinding) is same-origin with the server, but its requests carry
+   its own name in `Host`. Listening on another address, the check is off unless
+   `allowed_hosts` is set.
+3. CORS (Starlette's) for the configured origins, and OriginGuard: a browser request to /v1/*
    (or Ollama's /api/*) from any other origin gets 403 (CORS headers alone would let it run, unread).
-3. ApiKey (only with an api_key): /v1/* and /api/* (and /metrics, with metrics_public = false) want
+4. ApiKey (only with an api_key): /v1/* and /api/* (and /metrics, with metrics_public = false) want
    `Authorization: Bearer <key>` or `x-api-key`, else 401.
-4. Gate: bodies over max_body_mb (max_file_mb for the Batch API's uploads) get 413; a lone
-   surrogate in a JSON string or JSON nested more than MAX_DEPTH levels gets 400; generating
-   endpoints go through admission
+5. Gate: bodies over max_body_mb (max_file_mb for the Batch API's uploads) get 413; a lone
+   surrogate in a JSON string, JSON nested more than MAX_DEPTH levels, or text the tokenizer would
+   take too long over (text_runs.py) gets 400; generating endpoints go through admission
    (server/plumbing/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
 
 All are plain ASGI middleware: no BaseHTTPMiddleware, so streams pass through unbuffered and
@@ -20,6 +26,7 @@ a client's disconnect reaches the endpoint.
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -33,6 +40,7 @@ from server.config import Settings
 from server.plumbing import metrics
 from server.plumbing.admission import Admission, Full
 from server.plumbing.errors import shaped_body, stream_error
+from server.plumbing.text_runs import slow_to_tokenize
 
 log = logging.getLogger("swallow.errors")
 access_log = logging.getLogger("swallow.access")
@@ -68,7 +76,31 @@ def install(app, settings: Settings, admission: Admission) -> None:
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
     )
+    hosts = allowed_hosts(settings)
+    if hosts is not None:
+        app.add_middleware(HostGuard, allowed=hosts, listen=settings.host)
     app.add_middleware(RequestLog, api=app)
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (brackets and a trailing dot allowed)."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(settings: Settings) -> list[str] | None:
+    """The Host names served besides loopback ones; None: every name (no check). The check is on
+    when the server listens on a loopback address, or when allowed_hosts names any host."""
+    if "*" in settings.allowed_hosts:
+        return None
+    if is_loopback(settings.host) or settings.allowed_hosts:
+        return list(settings.allowed_hosts)
+    return None
 
 
 def origin_regex(origins: list[str]) -> re.Pattern | None:
@@ -216,6 +248,39 @@ def error_reason(body: bytes) -> str | None:
     return json.dumps(short, ensure_ascii=False)
 
 
+def _host_name(header: bytes) -> str:
+    """The name of a Host header, without its port: "[::1]:8000" -> "[::1]", "a.b:80" -> "a.b"."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[:host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class HostGuard:
+    """403 for a request whose Host is neither a loopback name nor an allowed one (DNS rebinding)."""
+
+    def __init__(self, app, allowed: list[str], listen: str):
+        self.app, self.listen = app, listen
+        self.names = {h.rstrip(".") for h in allowed if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:].rstrip(".") for h in allowed if h.startswith("*."))  # ".example.lan"
+
+    def allows(self, name: str) -> bool:
+        name = name.rstrip(".")
+        return is_loopback(name) or name in self.names or name.endswith(self.suffixes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = _header(scope, b"host")
+            name = _host_name(header) if header is not None else None
+            if name is not None and not self.allows(name):  # no Host at all (HTTP/1.0): not a browser
+                return await send_error(
+                    send, scope, 403, f"Requests addressed to the host {name!r} are not served: this server "
+                    f"listens on {self.listen} and answers requests for localhost, 127.0.0.1 or [::1] (a "
+                    "protection against DNS rebinding). To reach it under another name, add that name to "
+                    "the server's allowed_hosts setting.", code="host_not_allowed")
+        await self.app(scope, receive, send)
+
+
 class OriginGuard:
     """403 for browser requests to /v1/* and /api/* from origins that may not call the API."""
 
@@ -301,6 +366,9 @@ class Gate:
             problem = None if form else json_problem(body)
             if problem:
                 return await send_error(send, scope, 400, problem)
+            slow = slow_to_tokenize(body)  # before it could hold the event loop for minutes
+            if slow:
+                return await send_error(send, scope, 400, slow, code="unbroken_text")
             if ticket is not None and not await self._wait_for_slot(ticket, receive):
                 return  # left while waiting in the queue: its place is given back below
             await self.app(scope, _replay(body, receive), send)

@@ -13,6 +13,10 @@ or on POST /v1/models/{id}/unload.
 The budget is models_memory_mb, else Metal's recommended working set on a Mac, else the
 machine's memory; a model's size is its measured parameters once it has been loaded, and before
 that what its weight files say (catalog.weights_bytes).
+
+The loaded models' KV caches share one budget (`kv`, engine/memory.py's KVBudget): kv_memory_mb,
+or the machine's free memory less the loaded models' weights, kept up to date as models load
+and unload.
 """
 
 import asyncio
@@ -61,7 +65,7 @@ class Slot:
 
 class Registry:
     def __init__(self, listed: list[Listed], default: Listed, budget: tuple[int, str], strict_names: bool,
-                 load_timeout: float, world=None, discover=None):
+                 load_timeout: float, world=None, discover=None, kv=None):
         self.slots = {m.name: Slot(m, keep_alive=m.keep_alive) for m in listed}
         self.discover = discover  # () -> the Hugging Face cache's models, or None: not looked for
         self._discovered_at = time.monotonic()
@@ -72,6 +76,7 @@ class Registry:
         # Under mlx.launch the one model is split across the ranks (server/distributed/): it is
         # never unloaded (the other ranks would leave with it).
         self.world = world
+        self.kv = kv  # the KV cache budget the engines share (None: each its own, under mlx.launch)
         self.encoding = None  # harmony's encoding: the same o200k_harmony for every GPT-OSS model
         self.on_death = None  # called with (model, reason) when an engine thread dies
         self.on_change = None  # called with (model, "load" | "unload", reason) for the metrics
@@ -244,6 +249,7 @@ class Registry:
         state, slot.state = slot.state, None
         log.info("unloading %s (%s)", slot.name, why)
         await asyncio.to_thread(_stop, state.engine)
+        self._count_weights()
         if self.on_change is not None:
             self.on_change(slot.name, "unload", kind)
 
@@ -260,7 +266,8 @@ class Registry:
         started = time.monotonic()
         settings = slot.listed.settings
         if self.world is None:
-            engine = Engine(settings, path)
+            self._count_weights(slot, self.size(slot, path))  # its caches' budget is less by its weights
+            engine = Engine(settings, path, kv=self.kv)
         else:
             from server.distributed.lockstep import DistributedEngine
 
@@ -268,35 +275,28 @@ class Registry:
         engine.name = slot.name
         engine.on_death = lambda reason: self.on_death and self.on_death(slot.name, reason)
         engine.start()
-        loaded = engine.wait_until_loaded()
+        try:
+            loaded = engine.wait_until_loaded()
+        finally:
+            self._count_weights()
         slot.weights_bytes = loaded.weights_bytes
+        self._count_weights(slot, loaded.weights_bytes)
         slot.load_seconds = time.monotonic() - started
         slot.loads += 1
         self.encoding = self.encoding or loaded.encoding
         log.info("%s loaded in %.1f s (%.2f GB of weights; keep-alive %s)", slot.name, slot.load_seconds,
                  loaded.weights_bytes / 1e9, describe_keep_alive(slot.keep_alive))
-        self._warn_if_caches_overcommit(slot, engine)
+        if self.kv is not None and len(self.loaded) > 0:
+            log.info("the loaded models' KV caches share %.0f MiB (%s)", self.kv.total / 2**20, self.kv.source)
         if self.on_change is not None:
             self.on_change(slot.name, "load", "")
         return ServerState(settings=settings, engine=engine, encoding=loaded.encoding, model_id=slot.name,
                            context_length=settings.context_length or loaded.context_length)
 
-    def _warn_if_caches_overcommit(self, slot: Slot, engine) -> None:
-        """Each engine's KV budget is its own (what memory was free when it loaded), so several
-        loaded models can promise their caches more memory than there is; said when it happens."""
-        from models.loading import memory_limit_bytes
-
-        others = [s for s in self.loaded if s is not slot]
-        if not others:
-            return
-        weights = sum(s.weights_bytes or 0 for s in [slot, *others])
-        caches = engine.kv_budget + sum(s.state.engine.kv_budget for s in others)
-        limit = memory_limit_bytes()
-        if weights + caches > limit:
-            log.warning("%s loaded beside %s: their weights (%.1f GB) and KV cache budgets (%.1f GB) add up to "
-                        "more than this machine's %.1f GB, so under load together they can run out of memory; "
-                        "set kv_memory_mb per [[models]] entry to share it", slot.name,
-                        ", ".join(s.name for s in others), weights / 1e9, caches / 1e9, limit / 1e9)
+    def _count_weights(self, loading: Slot | None = None, loading_bytes: int = 0) -> None:
+        """Tell the shared KV budget what the loaded models' weights take (and the one loading)."""
+        if self.kv is not None:
+            self.kv.weights = sum(self.size(s) for s in self.loaded if s is not loading) + loading_bytes
 
     def size(self, slot: Slot, path=None) -> int:
         if slot.weights_bytes is not None:

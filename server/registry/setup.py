@@ -4,6 +4,7 @@ import logging
 
 from models.errors import ModelError
 from server.config import ConfigError, Settings
+from server.engine.memory import KVBudget
 from server.plumbing.errors import APIError
 from server.registry import catalog
 from server.registry.registry import Registry
@@ -31,8 +32,9 @@ def open_registry(settings: Settings, command_line: list[str] | None = None, wor
     except ValueError as e:
         raise ConfigError(str(e)) from e
     discover = (lambda: catalog.discover(settings)) if settings.discover_cached_models and not world else None
+    kv = None if world else KVBudget.for_server(settings.kv_memory_mb)  # one for all models' caches
     registry = Registry(listed, default, models_budget(settings), settings.strict_model_names,
-                        settings.model_load_timeout, world=world, discover=discover)
+                        settings.model_load_timeout, world=world, discover=discover, kv=kv)
     log.info("models: %s (default %s); %.1f GB for weights (%s)", ", ".join(m.name for m in listed),
              default.name, registry.budget / 1e9, registry.budget_from)
     try:

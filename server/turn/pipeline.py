@@ -8,6 +8,7 @@ output. What happens in between is here, once:
     resolved = resolve(request, state.settings)
     turns = await open_turns(state, resolved)   # grammars, render, context check, submit (n choices)
     async for event in turns[0].events: ...     # Event(reasoning | content | tool_call | tool_arguments),
+                                                # ServerEvents of the tools the server runs (loop.py),
                                                 # then one TurnEnd
     events, end = await turn.collect(request)   # non-stream: all of it, watching the client
     turn.failure(end)                     # APIError | None: generation failed, or structured
@@ -25,9 +26,10 @@ from server.engine.errors import GaveWay
 from server.harmony import render as harmony
 from server.harmony.tools import forced_call_prefix
 from server.plumbing.errors import APIError, invalid_request
+from server.turn.loop import stop_call, tool_loop
 from server.turn.plan import Grammars, Plan, compile_grammars
 from server.turn.resolve import ANY_TOOL, ResolvedTurn
-from server.turn.run import TurnEnd, run_turn
+from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.turn")
 
@@ -86,23 +88,34 @@ async def open_turns(state, resolved: ResolvedTurn) -> list["Turn"]:
 
 
 class Turn:
-    """One choice's reply: submitted to the engine, its events parsed and checked."""
+    """One choice's reply: submitted to the engine, its events parsed and checked; the rounds of
+    its tool loop (loop.py) after a call the server runs."""
 
     def __init__(self, state, resolved: ResolvedTurn, grammars: Grammars, rendered: Rendered, limit: int,
                  follow: "Turn | None" = None):
-        self.resolved, self.limit = resolved, limit
+        self.state, self.resolved, self.limit = state, resolved, limit
         self.plan = Plan(resolved, grammars)
-        self.prompt_tokens = len(rendered.tokens)
+        self.prompt_tokens = len(rendered.tokens)  # the first round's
         self.collected: list = []  # collect()'s events so far
-        control = self.plan.control(state.encoding, rendered.prefix_tokens, limit,
-                                    header_choices=_header_choices(state, resolved, rendered))
-        self.generation = state.engine.submit(rendered.tokens, limit, resolved.sampling,
-                                              [rendered.shared_head], processors=[control],
-                                              logprobs=resolved.logprobs,
-                                              follow=follow.generation if follow else None)
-        parsed = run_turn(self.generation, state.encoding, list(resolved.stop), rendered.prefix_tokens,
-                          declared=set(resolved.tools.shown_names))
-        self.events = self._always_ending(self.plan.watch(parsed))
+        self.cancelled = False
+        self.running: asyncio.Future | None = None  # a tool call in flight (loop.py)
+        self._shared_head = rendered.shared_head
+        self.generation = self._submit(rendered.tokens, limit, rendered.prefix_tokens,
+                                       _header_choices(state, resolved, rendered), follow)
+        rounds = tool_loop(self, rendered.tokens, rendered.prefix_tokens)
+        self.events = self._always_ending(self.plan.watch(rounds))
+
+    def _submit(self, tokens: list[int], limit: int, prefix=(), header_choices=(), follow: "Turn | None" = None):
+        control = self.plan.control(self.state.encoding, prefix, limit, header_choices=header_choices)
+        return self.state.engine.submit(tokens, limit, self.resolved.sampling, [self._shared_head],
+                                        processors=[control], logprobs=self.resolved.logprobs,
+                                        follow=follow.generation if follow else None)
+
+    def next_round(self, tokens: list[int], limit: int):
+        """The generation of the loop's next round (the prompt grown by a reply and a tool's result)."""
+        self.state.engine.check_fits(len(tokens) + limit)
+        self.generation = self._submit(tokens, limit)
+        return self.generation
 
     async def _always_ending(self, events):
         """The turn's events, closed by exactly one TurnEnd whatever happens: an exception in
@@ -122,14 +135,17 @@ class Turn:
             yield TurnEnd("error", self.prompt_tokens, 0, 0, error=error)
 
     def cancel(self) -> None:
-        """Frees the generation's place in the batch (a client that left, a stream closed)."""
+        """Frees the generation's place in the batch and stops a tool call in flight (a client that
+        left, a stream closed); no round follows."""
+        self.cancelled = True
         self.generation.cancel()
+        stop_call(self.running)
 
-    async def collect(self, request=None) -> tuple[list, TurnEnd]:
+    async def collect(self, request) -> tuple[list, TurnEnd]:
         """Every event of the turn and its end, while watching the client: one that hangs up
-        stops the generation (a 499 nobody reads). The events received so far stay in
-        `self.collected`: what was generated before a client left, for an API that keeps it.
-        `request` None: no client to watch (a batch line); cancelling the caller stops it."""
+        stops the generation (a 499 nobody reads), and so does cancelling the caller (a batch
+        line stopped). The events received so far stay in `self.collected`: what was generated
+        before a client left, for an API that keeps it."""
         events = self.collected = []
 
         async def drain():
@@ -142,7 +158,7 @@ class Turn:
         try:
             while not task.done():
                 done, _ = await asyncio.wait({task}, timeout=0.5)
-                if not done and request is not None and await request.is_disconnected():
+                if not done and await request.is_disconnected():
                     raise APIError(499, "client disconnected")
         except BaseException:  # the client left, or the caller was cancelled: free the row now
             self.cancel()
@@ -200,19 +216,25 @@ async def merged(streams):
 
 async def with_heartbeat(events, seconds: float):
     """The events, with a None whenever `seconds` pass without one (a stream's keep-alive
-    while a long prompt is read). The pending read is never cancelled, only waited on."""
+    while a long prompt is read or a tool runs). The pending read is only waited on while the
+    stream goes on; when the stream is closed (the client left), it is cancelled."""
     iterator = events.__aiter__()
     pending = None
-    while True:
-        if pending is None:
-            pending = asyncio.ensure_future(iterator.__anext__())
-        done, _ = await asyncio.wait({pending}, timeout=seconds)
-        if not done:
-            yield None
-            continue
-        try:
-            event = pending.result()
-        except StopAsyncIteration:
-            return
-        pending = None
-        yield event
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=seconds)
+            if not done:
+                yield None
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                return
+            pending = None
+            yield event
+    finally:
+        if pending is not None:
+            pending.cancel()

@@ -65,8 +65,10 @@ class Plan:
     # ---- before the generation -------------------------------------------------------
 
     def control(self, encoding, prefix_tokens, limit: int, header_choices=()) -> ReplyControl:
-        """The reply's logits processor, for a reply of at most `limit` tokens."""
+        """The reply's logits processor, for a reply of at most `limit` tokens (one per round of a
+        tool loop: the answer's text is the last round's)."""
         resolved = self.resolved
+        self.content = []
         budget = resolved.reasoning_budget(limit)
         free_start = not resolved.tools_active and not prefix_tokens
         self.reply_control = ReplyControl(

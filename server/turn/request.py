@@ -15,6 +15,7 @@ from openai_harmony import Message
 
 from server.engine.sampling import SamplingParams
 from server.harmony.tools import ToolNames
+from server.tools.toolbox import ServerAsk
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class TurnRequest:
     messages: list[Message] = field(default_factory=list)  # the conversation, as harmony messages
     tools: tuple[ToolDef, ...] = ()
     tool_choice: ToolChoice = ToolChoice()
+    # MCP servers whose tools the server runs for this request (server/tools/toolbox.py); None: the
+    # request did not say (chat completions), and the servers configured with `default = true` are on
+    servers: tuple[ServerAsk, ...] | None = ()
+    max_tool_calls: int | None = None  # calls the server may run in this reply (at most tool_max_rounds)
     effort: str | None = None  # "low", "medium" or "high"
     sampling: dict = field(default_factory=dict)  # SamplingParams fields the request gave
     max_tokens: int | None = None

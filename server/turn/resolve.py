@@ -24,6 +24,8 @@ from server.harmony.tools import (
     forced_call_prefix,
 )
 from server.plumbing.errors import invalid_request
+from server.tools.base import CallLimits
+from server.tools.toolset import EMPTY, Toolset
 from server.turn.request import ToolDef, TurnRequest, tool_names
 
 ANY_TOOL = "any"  # ResolvedTools.forced: the reply must call one of the tools shown
@@ -71,6 +73,15 @@ class ResponseFormat:
 
 
 @dataclass(frozen=True)
+class ServerTools:
+    """The tools the server runs in this turn (server/turn/loop.py) and their bounds."""
+
+    toolset: Toolset  # the sources the request picked (empty: none; the loop still answers stray calls)
+    max_rounds: int  # calls run per reply; past it the reply ends
+    limits: CallLimits  # each call's time and result size
+
+
+@dataclass(frozen=True)
 class ResolvedTurn:
     prompt: harmony.Prompt  # effort decided, tools shown, the response format's section included
     tools: ResolvedTools
@@ -83,6 +94,7 @@ class ResolvedTurn:
     reasoning: Reasoning
     response_format: ResponseFormat | None
     input_param: str
+    server_tools: ServerTools
 
     @property
     def structured(self) -> bool:
@@ -91,7 +103,7 @@ class ResolvedTurn:
     @property
     def tools_active(self) -> bool:
         """The model is shown tools (it may call one instead of answering)."""
-        return bool(self.tools.shown)
+        return bool(self.tools.shown) or bool(self.server_tools.toolset)
 
     def choice(self, index: int) -> "ResolvedTurn":
         """Choice `index` of n (its own seed)."""
@@ -116,14 +128,17 @@ class ResolvedTurn:
         return budget
 
 
-def resolve(request: TurnRequest, settings) -> ResolvedTurn:
+def resolve(request: TurnRequest, settings, toolset: Toolset = EMPTY) -> ResolvedTurn:
+    """`toolset`: the server-run tools the request picked (server/tools/toolbox.py selects them,
+    which may wait for an MCP server to start; api/server_tools.py does it for the routes)."""
     tools = _tools(request)
     response_format = _format(request)
     if response_format is not None and request.stop:
         raise invalid_request("stop strings can't be combined with structured output: they would cut the JSON",
                               param="stop")
     prompt = harmony.Prompt(effort=EFFORTS[request.effort or settings.reasoning_effort], instructions=request.instructions,
-                            tools=list(tools.shown), messages=list(request.messages))
+                            tools=list(tools.shown), messages=list(request.messages),
+                            namespaces=toolset.namespaces() if request.tool_choice.kind != "none" else [])
     given = request.response_format
     if response_format is not None and response_format.type == "json_schema":
         prompt = harmony.with_response_format(prompt, response_format.name, response_format.schema,
@@ -140,6 +155,9 @@ def resolve(request: TurnRequest, settings) -> ResolvedTurn:
         reasoning=_reasoning(request, settings),
         response_format=response_format,
         input_param=request.input_param,
+        server_tools=ServerTools(toolset if request.tool_choice.kind != "none" else EMPTY,
+                                 min(settings.tool_max_rounds, request.max_tool_calls or settings.tool_max_rounds),
+                                 CallLimits(settings.tool_timeout, settings.tool_max_result_kb * 1024)),
     )
 
 

@@ -1,6 +1,7 @@
 """The tokens of one generation -> what to send: harmony's parse, stop strings, undeclared calls.
 
-Run by the turn pipeline (pipeline.py) for every API. It yields `Event`s (reasoning, content, tool_call, tool_arguments)
+Run by the turn pipeline (pipeline.py) for every API, once per round of its tool loop (loop.py). It
+yields `Event`s (reasoning, content, tool_call, tool_arguments, server_call, server_arguments)
 as the tokens come (and, when the generation asked for logprobs, a `TokenLogprob` before the
 events of each text token), then one `TurnEnd` with the finish reason and the token counts. Leaving
 the iteration early (client gone, stop string found, answer complete) cancels the generation,
@@ -57,17 +58,21 @@ class StopMatcher:
 
 
 async def run_turn(generation: Generation, encoding, stops: list[str], prefix: list[int] = (),
-                   declared: set[str] | None = None):
+                   declared: set[str] | None = None, reply: list[int] | None = None, continued: bool = False):
     """`prefix`: tokens of a forced start of the reply, already at the end of the prompt.
-    `declared`: model names of the tools the client declared; a call to any other tool is not
+    `declared`: model names of the tools the client declared; a call to any other function is not
     a tool call (no client can act on it): it is shown as text, `name(arguments)`, and the
-    turn ends as "stop". None: every call counts.
+    turn ends as "stop". None: every call counts. A call to a tool outside `functions` (a
+    server_call) is the tool loop's (loop.py); the reply ends as "tool_calls" all the same.
     A call the model ends without writing arguments (a forced header, then `<|call|>` at once)
     gets `{}`: every API promises JSON arguments, and clients parse them.
+    `reply`: gets the reply's token ids as they come (the tool loop's next prompt starts with them).
+    `continued`: a later round of the turn (for the metrics: no time to first token).
     The caller also cancels `generation` when it stops listening: a closed async generator's
     cleanup may not get to run when its task is being cancelled."""
     parser = ReplyParser(encoding)
-    watch = metrics.TurnWatch(len(generation.prompt), generation.engine.name, timed=not generation.background)
+    watch = metrics.TurnWatch(len(generation.prompt), generation.engine.name, continued,
+                              timed=not generation.background)
     completion_tokens, finish, error, called = 0, None, None, False
     stop = StopMatcher(stops)
     stop_string, undeclared = None, False
@@ -88,6 +93,8 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
                     yield Event("content", f"{event.text}(")
                     continue
                 called = no_arguments = True
+            elif event.kind == "server_call":
+                called = True
             elif event.kind == "tool_arguments" and undeclared:
                 yield Event("content", event.text)
                 continue
@@ -107,6 +114,8 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
             else:
                 completion_tokens += 1
                 watch.token()
+                if reply is not None:
+                    reply.append(item)
                 events = parser.feed(item)
                 if generation.logprobs is not None and parser.last_kind:
                     scored = generation.scores[completion_tokens - 1]

@@ -10,6 +10,7 @@ from server.api.reasoning import asked_effort, reasoning_ask
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
+from server.tools.toolbox import ServerAsk
 from server.turn.request import (
     FormatAsk,
     ToolChoice,
@@ -22,7 +23,17 @@ from server.turn.request import (
 
 def tools(body: ChatCompletionRequest) -> tuple[ToolDef, ...]:
     return tuple(ToolDef(t.function.name, t.function.description, t.function.parameters, bool(t.function.strict),
-                         param=f"tools[{i}].function.parameters") for i, t in enumerate(body.tools or []))
+                         param=f"tools[{i}].function.parameters")
+                 for i, t in enumerate(body.tools or []) if t.type == "function")
+
+
+def servers(body: ChatCompletionRequest) -> tuple[ServerAsk, ...] | None:
+    """The MCP servers the request turns on (`{"type": "mcp", "server_label": …}` tools); None when
+    it names none: then the servers configured with `default = true` are on."""
+    asks = tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.headers or {},
+                           param=f"tools[{i}]")
+                 for i, t in enumerate(body.tools or []) if t.type == "mcp")
+    return asks or None
 
 
 def tool_choice(body: ChatCompletionRequest) -> ToolChoice:
@@ -85,6 +96,7 @@ def translate(body: ChatCompletionRequest) -> TurnRequest:
         messages=messages,
         tools=declared,
         tool_choice=tool_choice(body),
+        servers=servers(body),
         effort=asked_effort(body),
         sampling=sampling_given(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,

@@ -1,5 +1,5 @@
 """POST /v1/chat/completions: stream and non-stream, reasoning split from the answer; n
-choices, logprobs."""
+choices, logprobs; the calls the server runs itself (server_calls.py)."""
 
 import asyncio
 import json
@@ -9,12 +9,13 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from server.api.chat import server_calls
 from server.api.chat.prompt import translate
 from server.api.chat.schema import ChatCompletionRequest
+from server.api.server_tools import resolve_turn
 from server.registry.lease import serving
 from server.turn.logprobs import openai_entry
 from server.turn.pipeline import Turn, merged, open_turns
-from server.turn.resolve import resolve
 from server.turn.run import TurnEnd
 
 router = APIRouter()
@@ -45,11 +46,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
     if not body.stream:
         return await chat_completion(state, body, request)
-    resolved = resolve(translate(body), state.settings)
+    resolved = await resolve_turn(request, translate(body), state.settings)
     turns = await open_turns(state, resolved)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    lines = not resolved.reasoning.exclude  # the server's calls as lines of the reasoning
     return StreamingResponse(_stream(state, turns, _meta(state), resolved.tools.names, include_usage,
-                                     resolved.logprobs),
+                                     resolved.logprobs, lines),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -58,10 +60,10 @@ def _meta(state) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
 
 
-async def chat_completion(state, body: ChatCompletionRequest, request: Request | None = None) -> dict:
-    """The non-stream answer's body: the route's, and a batch line's (server/batches/; no client
-    to watch, `request` None)."""
-    resolved = resolve(translate(body), state.settings)
+async def chat_completion(state, body: ChatCompletionRequest, request) -> dict:
+    """The non-stream answer's body: the route's, and a batch line's (server/batches/; `request` is
+    then api/batch_endpoints.py's stand-in for one)."""
+    resolved = await resolve_turn(request, translate(body), state.settings)
     turns = await open_turns(state, resolved)
     names = resolved.tools.names
     meta = _meta(state)
@@ -76,7 +78,8 @@ async def chat_completion(state, body: ChatCompletionRequest, request: Request |
     choices = []
     for index, (turn, (events, end)) in enumerate(zip(turns, results)):
         logprobs = _logprobs(state, events, top_n) if top_n is not None else None
-        choices.append({"index": index, "message": _message(events, names), "finish_reason": end.finish_reason,
+        message = _message(events, names, lines=not resolved.reasoning.exclude)
+        choices.append({"index": index, "message": message, "finish_reason": end.finish_reason,
                         "logprobs": logprobs, **turn.fields()})
     return {
         **meta,
@@ -95,11 +98,18 @@ def _logprobs(state, events, top_n: int) -> dict:
     return lists
 
 
-def _message(events, names) -> dict:
-    reasoning, content, calls = [], [], []
+def _message(events, names, lines: bool = True) -> dict:
+    """`lines`: the server's calls also as lines of the reasoning (not when the reasoning is excluded)."""
+    reasoning, content, calls, server_calls_ = [], [], [], []
     for event in events:
         if event.kind == "reasoning":
             reasoning.append(event.text)
+        elif event.kind == "server_running" and lines:
+            reasoning.append(server_calls.call_line(event.call))
+        elif event.kind == "server_result":
+            if lines:
+                reasoning.append(server_calls.result_line(event.call))
+            server_calls_.append(server_calls.whole(event.call))
         elif event.kind == "content":
             content.append(event.text)
         elif event.kind == "tool_call":
@@ -112,10 +122,13 @@ def _message(events, names) -> dict:
         message["reasoning_content"] = message["reasoning"] = "".join(reasoning)
     if calls:
         message["tool_calls"] = calls
+    if server_calls_:
+        message["server_tool_calls"] = server_calls_
     return message
 
 
-async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bool, top_n: int | None):
+async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bool, top_n: int | None,
+                  lines: bool = True):
     """Chunks of every choice as they come, each with its `index`. With logprobs, a chunk
     carries the logprobs of the tokens generated since the choice's previous chunk."""
     base = {**meta, "object": "chat.completion.chunk", "system_fingerprint": None}
@@ -131,6 +144,7 @@ async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bo
     for index in range(len(turns)):
         yield chunk(index, {"role": "assistant", "content": ""})
     call_index = [-1] * len(turns)
+    server_index = [-1] * len(turns)  # of the calls the server runs, per choice
     ends: list[TurnEnd | None] = [None] * len(turns)
     try:
         async for index, event in merged(turn.events for turn in turns):
@@ -158,6 +172,20 @@ async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bo
             elif event.kind == "tool_arguments":
                 yield chunk(index, {"tool_calls": [{"index": call_index[index],
                                                     "function": {"arguments": event.text}}]})
+            elif event.kind == "server_call":
+                server_index[index] += 1
+                yield chunk(index, {"server_tool_calls": [server_calls.started(event.call, server_index[index])]})
+            elif event.kind == "server_arguments":
+                yield chunk(index, {"server_tool_calls": [{"index": server_index[index], "arguments": event.text}]})
+            elif event.kind == "server_running" and lines:
+                line = server_calls.call_line(event.call)
+                yield chunk(index, {"reasoning_content": line, "reasoning": line})
+            elif event.kind == "server_result":
+                delta = {"server_tool_calls": [server_calls.ended(event.call, server_index[index])]}
+                if lines:
+                    line = server_calls.result_line(event.call)
+                    delta = {"reasoning_content": line, "reasoning": line, **delta}
+                yield chunk(index, delta)
     finally:
         for turn in turns:
             turn.cancel()  # when the client left: free its place in the batch now

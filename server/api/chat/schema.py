@@ -75,6 +75,24 @@ class Tool(BaseModel):
     function: FunctionDefinition
 
 
+class MCPTool(BaseModel):
+    """An MCP server whose tools the server runs for this request (this server's extension, in the
+    Responses API's shape): a configured one by `server_label`, its tools limited by `allowed_tools`."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["mcp"]
+    server_label: Annotated[str, Field(min_length=1, max_length=64)]
+    allowed_tools: list[str] | dict[str, Any] | None = None  # names, or {"tool_names": [...]}
+    server_url: str | None = None  # refused unless the server allows request-named servers
+    headers: dict[str, str] | None = None
+
+    def tool_names(self) -> tuple[str, ...] | None:
+        given = self.allowed_tools
+        if isinstance(given, dict):
+            given = given.get("tool_names")
+        return None if given is None else tuple(given)
+
+
 class NamedToolChoice(BaseModel):
     type: Literal["function"]
     function: dict[str, str]
@@ -132,7 +150,7 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     reasoning_effort: Effort | None = None
     reasoning: ReasoningOptions | None = None
-    tools: list[Tool] | None = None
+    tools: list[Annotated[Tool | MCPTool, Field(discriminator="type")]] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None

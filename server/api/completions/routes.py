@@ -186,9 +186,9 @@ async def completions(body: CompletionRequest, request: Request):
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def text_completion(state, body: CompletionRequest, request: Request | None = None) -> dict:
-    """The non-stream answer's body: the route's, and a batch line's (server/batches/; no client
-    to watch, `request` None)."""
+async def text_completion(state, body: CompletionRequest, request) -> dict:
+    """The non-stream answer's body: the route's, and a batch line's (server/batches/; `request` is
+    then api/batch_endpoints.py's stand-in for one)."""
     choices, prompts = _choices(state, body)
     meta = _meta(state)
 
@@ -207,7 +207,7 @@ async def text_completion(state, body: CompletionRequest, request: Request | Non
     try:
         while not task.done():
             done, _ = await asyncio.wait({task}, timeout=0.5)
-            if not done and request is not None and await request.is_disconnected():
+            if not done and await request.is_disconnected():
                 raise APIError(499, "client disconnected")
         results = task.result()
     except BaseException:  # the client left, or the caller was cancelled

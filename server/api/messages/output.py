@@ -3,7 +3,9 @@
 One builder serves both modes (a stream sends what `feed` returns; a non-streamed reply keeps
 only the blocks). Consecutive events of one kind make one block, in the order generated:
 reasoning -> `thinking` (its `signature` sent last, as Anthropic does), content -> `text`, a tool
-call -> `tool_use` with its arguments streamed as `input_json_delta` fragments.
+call -> `tool_use` with its arguments streamed as `input_json_delta` fragments. A call the server
+runs on an MCP server (server/turn/loop.py) is the MCP connector's pair: an `mcp_tool_use` block (its
+input streamed the same way) when the model writes it, an `mcp_tool_result` block when it has run.
 """
 
 import hashlib
@@ -49,6 +51,8 @@ class ContentBuilder:
         self._text: list[str] = []
 
     def feed(self, event: Event) -> list[dict]:
+        if event.kind in ("server_call", "server_arguments", "server_running", "server_result"):
+            return self._server(event)
         kind = KINDS.get(event.kind)
         if kind is None:
             return []
@@ -69,6 +73,36 @@ class ContentBuilder:
 
     def finish(self) -> list[dict]:
         return self._close()
+
+    def _server(self, event) -> list[dict]:
+        """mcp_tool_use, then mcp_tool_result. A call to a tool this request doesn't have has no
+        blocks (the model hears "not available" and goes on)."""
+        call = event.call
+        if event.kind == "server_call":
+            events = self._close()
+            if call.kind == "mcp":
+                self._text = []
+                self._block = {"type": "mcp_tool_use", "id": f"mcptoolu_{uuid.uuid4().hex[:24]}", "name": call.name,
+                               "server_name": call.label, "input": {}}
+                events.append({"type": "content_block_start", "index": len(self.blocks),
+                               "content_block": dict(self._block)})
+            return events
+        block = self._block
+        if block is None or block["type"] != "mcp_tool_use":
+            return []
+        if event.kind == "server_arguments":
+            self._text.append(event.text)
+            return [{"type": "content_block_delta", "index": len(self.blocks),
+                     "delta": {"type": "input_json_delta", "partial_json": event.text}}]
+        if event.kind == "server_running":
+            return []
+        use_id, events = block["id"], self._close()
+        result = {"type": "mcp_tool_result", "tool_use_id": use_id, "is_error": call.error is not None,
+                  "content": [{"type": "text", "text": call.model_text() if call.error is None else call.error}]}
+        events.append({"type": "content_block_start", "index": len(self.blocks), "content_block": result})
+        events.append({"type": "content_block_stop", "index": len(self.blocks)})
+        self.blocks.append(result)
+        return events
 
     def _open(self, kind: str, text: str) -> list[dict]:
         self._text = []
@@ -92,7 +126,7 @@ class ContentBuilder:
                            "delta": {"type": "signature_delta", "signature": block["signature"]}})
         elif block["type"] == "text":
             block["text"] = text
-        else:
+        else:  # tool_use, mcp_tool_use
             block["input"] = _arguments(text)
         events.append({"type": "content_block_stop", "index": index})
         self.blocks.append(block)

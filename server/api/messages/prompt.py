@@ -5,6 +5,8 @@ defeat the prompt cache at its first token) becomes the developer message's inst
 `system` message in the middle of `messages` becomes a developer message in place. User text,
 assistant text, `thinking`, `tool_use` and `tool_result` blocks become harmony messages in
 order; harmony/render.py decides which old reasoning is shown again, as for every API.
+`mcp_servers` and `mcp_toolset` tools (the MCP connector's) pick MCP servers whose tools the server
+runs; their `mcp_tool_use` and `mcp_tool_result` blocks come back in assistant messages.
 """
 
 import json
@@ -13,6 +15,7 @@ from server.api.messages.schema import MessagesRequest
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
+from server.tools.toolbox import ServerAsk
 from server.turn.request import (
     FormatAsk,
     ReasoningAsk,
@@ -28,7 +31,35 @@ BILLING_HEADER = "x-anthropic-billing-header:"
 
 def tools(body: MessagesRequest) -> tuple[ToolDef, ...]:
     return tuple(ToolDef(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
-                 for i, t in enumerate(body.tools or []))
+                 for i, t in enumerate(body.tools or []) if t.type != "mcp_toolset")
+
+
+def servers(body: MessagesRequest) -> tuple[ServerAsk, ...]:
+    """The MCP servers the request picked: each `mcp_servers` entry (its `tool_configuration`), and
+    each `mcp_toolset` tool (its configs), by name; a server named in both is one server."""
+    asks: dict[str, ServerAsk] = {}
+    for i, server in enumerate(body.mcp_servers or []):
+        config = server.tool_configuration or {}
+        if config.get("enabled") is False:
+            continue
+        allowed = config.get("allowed_tools")
+        headers = {"Authorization": f"Bearer {server.authorization_token}"} if server.authorization_token else {}
+        asks[server.name] = ServerAsk(server.name, None if allowed is None else tuple(allowed), url=server.url or None,
+                                      headers=headers, param=f"mcp_servers[{i}]")
+    for i, tool in enumerate(body.tools or []):
+        if tool.type != "mcp_toolset":
+            continue
+        allowed, denied = tool.tool_filter()
+        given = asks.get(tool.mcp_server_name)
+        if given is not None:
+            if allowed is not None and given.allowed_tools is not None:
+                allowed = tuple(name for name in allowed if name in given.allowed_tools)
+            allowed = allowed if allowed is not None else given.allowed_tools
+            asks[tool.mcp_server_name] = ServerAsk(given.label, allowed, denied, given.url, given.headers, given.param)
+        else:
+            asks[tool.mcp_server_name] = ServerAsk(tool.mcp_server_name, allowed, denied_tools=denied,
+                                                   param=f"tools[{i}]")
+    return tuple(asks.values())
 
 
 def tool_choice(body: MessagesRequest) -> ToolChoice:
@@ -53,12 +84,17 @@ def _assistant(blocks: list, names: ToolNames, calls: dict) -> list:
         if block.type == "thinking" and block.thinking:
             messages.append(harmony.assistant_reasoning(block.thinking))
         elif block.type == "text" and block.text:
-            call_follows = any(b.type == "tool_use" for b in blocks[j + 1:])
+            call_follows = any(b.type in ("tool_use", "mcp_tool_use") for b in blocks[j + 1:])
             messages.append(harmony.assistant_preamble(block.text) if call_follows
                             else harmony.assistant_final(block.text))
         elif block.type == "tool_use":
             calls[block.id] = names.model_name(block.name)
             messages.append(harmony.tool_call(calls[block.id], json.dumps(block.input, ensure_ascii=False)))
+        elif block.type == "mcp_tool_use":  # a call the server ran: the server's namespace, the tool's safe name
+            calls[block.id] = f"{block.server_name}.{ToolNames([block.name]).model_name(block.name)}"
+            messages.append(harmony.server_call(calls[block.id], json.dumps(block.input, ensure_ascii=False)))
+        elif block.type == "mcp_tool_result" and block.tool_use_id in calls:
+            messages.append(harmony.server_result(calls[block.tool_use_id], block.text()))
         elif block.type == "tool_result":
             raise invalid_request("tool_result blocks belong in user messages", param="messages")
         # redacted_thinking: nothing this server can read back
@@ -77,7 +113,7 @@ def _user(i: int, blocks: list, calls: dict) -> list:
             messages.append(harmony.tool_result(calls[block.tool_use_id], block.text()))
         elif block.type == "text" and block.text:
             texts.append(block.text)
-        elif block.type in ("tool_use", "thinking"):
+        elif block.type in ("tool_use", "thinking", "mcp_tool_use", "mcp_tool_result"):
             raise invalid_request(f"{block.type} blocks belong in assistant messages",
                                   param=f"messages[{i}].content[{j}]")
     if texts:
@@ -123,6 +159,7 @@ def translate(body: MessagesRequest) -> TurnRequest:
         messages=conversation(body, tool_names(declared)),
         tools=declared,
         tool_choice=tool_choice(body),
+        servers=servers(body),
         effort=body.output_config.effort if body.output_config else None,
         sampling=sampling_given(body),
         max_tokens=body.max_tokens,

@@ -17,6 +17,7 @@ from server.api.messages.errors import error_event
 from server.api.messages.output import ContentBuilder, stop_reason, usage
 from server.api.messages.prompt import translate
 from server.api.messages.schema import CountTokensRequest, MessagesRequest
+from server.api.server_tools import resolve_turn
 from server.registry.lease import facts, serving
 from server.turn.pipeline import Turn, open_turns, render, with_heartbeat
 from server.turn.resolve import resolve
@@ -37,10 +38,10 @@ async def create_message(body: MessagesRequest, request: Request):
     return await reply(state, body, request)
 
 
-async def reply(state, body: MessagesRequest, request: Request | None = None):
+async def reply(state, body: MessagesRequest, request):
     """The message, streamed or not: the route's, and a batch line's (Message Batches,
-    batches.py; not streamed, no client to watch, `request` None)."""
-    resolved = resolve(translate(body), state.settings)
+    batches.py; not streamed, `request` then api/batch_endpoints.py's stand-in for one)."""
+    resolved = await resolve_turn(request, translate(body), state.settings)
     (turn,) = await open_turns(state, resolved)
     message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                "model": state.model_id}
@@ -88,4 +89,6 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
 async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
     state = facts(request, body.model)
-    return {"input_tokens": len(render(state, resolve(translate(body), state.settings)).tokens)}
+    turn = translate(body)
+    resolved = await resolve_turn(request, turn, state.settings) if turn.servers else resolve(turn, state.settings)
+    return {"input_tokens": len(render(state, resolved).tokens)}

@@ -53,6 +53,16 @@ class ToolUseBlock(_Block):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+class MCPToolUseBlock(_Block):
+    """A call the server ran on an MCP server (an earlier reply's), sent back by the client."""
+
+    type: Literal["mcp_tool_use"]
+    id: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
+    server_name: Annotated[str, Field(min_length=1)]
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
 class OtherBlock(Unsupported):
     """Images, documents, search results: refused with a clear message."""
 
@@ -72,7 +82,7 @@ ResultPart = Annotated[Annotated[TextBlock, Tag("text")] | Annotated[OtherBlock,
 
 
 class ToolResultBlock(_Block):
-    type: Literal["tool_result"]
+    type: Literal["tool_result", "mcp_tool_result"]
     tool_use_id: Annotated[str, Field(min_length=1)]
     content: str | list[ResultPart] | None = None
     is_error: bool | None = None
@@ -85,13 +95,15 @@ class ToolResultBlock(_Block):
         return f"Error: {body}" if self.is_error else body
 
 
-BLOCK_TYPES = ("text", "thinking", "redacted_thinking", "tool_use", "tool_result")
+BLOCK_TYPES = ("text", "thinking", "redacted_thinking", "tool_use", "tool_result", "mcp_tool_use", "mcp_tool_result")
 Block = Annotated[
     Annotated[TextBlock, Tag("text")]
     | Annotated[ThinkingBlock, Tag("thinking")]
     | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
     | Annotated[ToolUseBlock, Tag("tool_use")]
     | Annotated[ToolResultBlock, Tag("tool_result")]
+    | Annotated[MCPToolUseBlock, Tag("mcp_tool_use")]
+    | Annotated[ToolResultBlock, Tag("mcp_tool_result")]
     | Annotated[OtherBlock, Tag("other")],
     Discriminator(_kind(BLOCK_TYPES)),
 ]
@@ -108,18 +120,51 @@ class Message(BaseModel):
 
 class Tool(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(min_length=1, max_length=128)] | None = None  # None: an mcp_toolset
     description: str | None = None
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    type: str | None = None  # "custom" or absent; server tools (web_search_...) are refused below
+    type: str | None = None  # "custom" or absent, or "mcp_toolset"; server tools (web_search_...) are refused below
+    # mcp_toolset (the MCP connector's): the tools of an MCP server named in mcp_servers, or configured here
+    mcp_server_name: str | None = None
+    default_config: dict[str, Any] | None = None  # {"enabled": bool}
+    configs: dict[str, dict[str, Any]] | None = None  # tool name -> {"enabled": bool}
 
     @field_validator("type")
     @classmethod
     def _client_tool(cls, kind: str | None):
-        if kind not in (None, "custom"):
+        if kind not in (None, "custom", "mcp_toolset"):
             raise ValueError(f"tools of type {kind!r} are not supported; give client tools "
-                             "(name, description, input_schema)")
+                             "(name, description, input_schema), or MCP servers (mcp_toolset, mcp_servers)")
         return kind
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.type == "mcp_toolset":
+            if not self.mcp_server_name:
+                raise ValueError("a tool of type 'mcp_toolset' needs mcp_server_name")
+        elif not self.name:
+            raise ValueError("a tool needs a name")
+        return self
+
+    def tool_filter(self) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+        """(allowed, denied) tool names of an mcp_toolset: with `default_config.enabled: false` only
+        those its `configs` enable; else all but those they disable."""
+        configs = self.configs or {}
+        if (self.default_config or {}).get("enabled", True) is False:
+            return tuple(name for name, config in configs.items() if config.get("enabled")), ()
+        return None, tuple(name for name, config in configs.items() if config.get("enabled") is False)
+
+
+class MCPServerDefinition(BaseModel):
+    """An MCP server the request names (the MCP connector's `mcp_servers`): a server configured here by
+    `name`; a `url` is refused unless the server lets requests name servers by URL."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["url"] = "url"
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    url: str | None = None
+    authorization_token: str | None = None
+    tool_configuration: dict[str, Any] | None = None  # {"enabled": bool, "allowed_tools": [...]}
 
 
 class ToolChoice(BaseModel):
@@ -169,6 +214,7 @@ class MessagesRequest(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     tools: list[Tool] | None = None
+    mcp_servers: list[MCPServerDefinition] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None

@@ -147,7 +147,7 @@ def show(slot: Slot) -> dict:
 def expires_at(slot: Slot) -> str:
     """When the model will be unloaded for idleness: its keep-alive after the last request (a busy
     model: after now)."""
-    if slot.keep_alive is None:
+    if slot.keep_alive is None or slot.keep_alive >= FOREVER:  # a keep-alive of 1e300 s is forever too
         return iso(time.time() + FOREVER)
     idle_since = time.monotonic() if slot.busy else slot.last_used
     return iso(time.time() + idle_since + slot.keep_alive - time.monotonic())
@@ -158,9 +158,12 @@ def running(registry: Registry) -> list[dict]:
     unified memory or with CUDA; none without a GPU), when they will be unloaded."""
     models = []
     for slot in registry.loaded:
+        state = slot.state  # None once it is unloaded, which may happen while this runs
+        if state is None:
+            continue
         size = registry.size(slot)
         directory = _directory(slot)
         models.append({"name": slot.name, "model": slot.name, "size": size, "digest": digest(slot, directory),
                        "details": details(_config(directory)), "expires_at": expires_at(slot),
-                       "size_vram": size if has_gpu() else 0, "context_length": slot.state.context_length})
+                       "size_vram": size if has_gpu() else 0, "context_length": state.context_length})
     return models

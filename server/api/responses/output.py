@@ -4,12 +4,17 @@ One builder serves both modes: a streamed response sends the events it returns, 
 one only keeps the items, so both carry the same output. Consecutive events of one kind make one
 item: reasoning -> a `reasoning` item (its text as `reasoning_text` content), content -> a
 `message` item (`output_text`), a tool call and its arguments -> a `function_call` item with the
-arguments streamed as they are generated. Events come in OpenAI's order:
+arguments streamed as they are generated. A call the server runs on an MCP server (server/turn/loop.py)
+is an `mcp_call` item, and each MCP server the request picked is listed first, in an
+`mcp_list_tools` item (unless the conversation has one for it). Events come in OpenAI's order:
 
     output_item.added
+      (list)      mcp_list_tools.in_progress, mcp_list_tools.completed | .failed
       (reasoning) reasoning_text.delta... reasoning_text.done
       (message)   content_part.added, output_text.delta... output_text.done, content_part.done
       (call)      function_call_arguments.delta... function_call_arguments.done
+      (mcp call)  mcp_call.in_progress, mcp_call_arguments.delta... mcp_call_arguments.done
+                  (the call runs) mcp_call.completed | .failed
     output_item.done
 
 When the request asks for a reasoning summary (`reasoning.summary`), a reasoning item also carries
@@ -38,6 +43,8 @@ def new_id(prefix: str) -> str:
 
 
 KINDS = {"reasoning": "reasoning", "content": "message", "tool_call": "function_call", "tool_arguments": "function_call"}
+SERVER_KINDS = ("server_call", "server_arguments", "server_running", "server_result")
+PROTOCOL_ERROR = -32000  # an mcp_call's error that is not the tool's own: JSON-RPC's "server error"
 
 
 class OutputBuilder:
@@ -54,7 +61,31 @@ class OutputBuilder:
         self._pending: list[dict] = []  # logprobs of answer tokens whose text is not sent yet
         self._logprobs: list[dict] = []  # of the message being generated
 
+    def listings(self, toolset, listed: set[str] = frozenset()) -> list[dict]:
+        """An `mcp_list_tools` item for each MCP server the request picked and the conversation
+        has not listed yet (`listed`: their labels)."""
+        events = []
+        for listing in toolset.listings:
+            if listing.source.kind != "mcp" or listing.label in listed:
+                continue
+            item = {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": listing.label, "tools": []}
+            where = {"item_id": item["id"], "output_index": len(self.output)}
+            events.append({"type": "response.output_item.added", "output_index": where["output_index"],
+                           "item": dict(item)})
+            events.append({"type": "response.mcp_list_tools.in_progress", **where})
+            item["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters or {},
+                              "annotations": t.annotations} for t in listing.tools]
+            if listing.error is not None:
+                item["error"] = listing.error
+            events.append({"type": "response.mcp_list_tools.failed" if listing.error else
+                           "response.mcp_list_tools.completed", **where})
+            events.append({"type": "response.output_item.done", "output_index": where["output_index"], "item": item})
+            self.output.append(item)
+        return events
+
     def feed(self, event: Event) -> list[dict]:
+        if event.kind in SERVER_KINDS:
+            return self._server(event)
         if event.kind == "logprob":
             if event.channel == "content" and self.top_logprobs is not None:
                 self._pending.append(openai_entry(self.encoding, event, self.top_logprobs))
@@ -76,6 +107,48 @@ class OutputBuilder:
 
     def finish(self, end: TurnEnd) -> list[dict]:
         return self._close("completed" if end.finish_reason in ("stop", "tool_calls") else "incomplete")
+
+    # ---- calls the server runs -----------------------------------------------------------
+
+    def _server(self, event) -> list[dict]:
+        """An mcp_call item: opened when the model begins the call, its arguments streamed, closed
+        with the output (or error) once the call ran. A call to a tool this request doesn't have
+        has no item (the model hears "not available" and goes on)."""
+        call = event.call
+        if event.kind == "server_call":
+            events = self._close("completed")
+            if call.kind != "mcp":
+                return events
+            self._item = {"id": new_id("mcp"), "type": "mcp_call", "status": "in_progress",
+                          "server_label": call.label, "name": call.name, "arguments": "",
+                          "output": None, "error": None, "approval_request_id": None}
+            self._text = []
+            where = self._where()
+            return events + [{"type": "response.output_item.added", "output_index": where["output_index"],
+                              "item": dict(self._item)},
+                             {"type": "response.mcp_call.in_progress", **where}]
+        item = self._item
+        if item is None or item["type"] != "mcp_call":
+            return []
+        where = self._where()
+        if event.kind == "server_arguments":
+            self._text.append(event.text)
+            return [{"type": "response.mcp_call_arguments.delta", **where, "delta": event.text}]
+        if event.kind == "server_running":
+            item["arguments"] = call.arguments
+            return [{"type": "response.mcp_call_arguments.done", **where, "arguments": call.arguments}]
+        item["arguments"], item["output"] = call.arguments, call.output
+        if call.error is not None:
+            item["error"] = (
+                {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": call.error}]}
+                if call.error_from_tool else
+                {"type": "mcp_protocol_error", "code": PROTOCOL_ERROR, "message": call.error})
+        item["status"] = "failed" if call.error is not None else "completed"
+        self.output.append(item)
+        self._item, self._text = None, []
+        return [{"type": "response.mcp_call.failed" if call.error is not None else "response.mcp_call.completed",
+                 **where},
+                {"type": "response.output_item.done", "output_index": where["output_index"], "item": item}]
 
     # ---- items -----------------------------------------------------------------------
 
@@ -147,6 +220,9 @@ class OutputBuilder:
                 {"type": "response.content_part.done", **where, "content_index": 0,
                  "part": _text_part(text, logprobs)},
             ]
+        elif item["type"] == "mcp_call":  # never ran: the reply ended inside it
+            item["arguments"] = text
+            events = [{"type": "response.mcp_call.failed", **where}]
         else:
             item["arguments"] = text
             events = [{"type": "response.function_call_arguments.done", **where, "name": item["name"],
@@ -192,6 +268,7 @@ class ResponseShell:
         self.fields = {
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": body.max_tool_calls,
             "model": model,
             "parallel_tool_calls": body.parallel_tool_calls if body.parallel_tool_calls is not None else True,
             "previous_response_id": body.previous_response_id,

@@ -7,7 +7,9 @@ the same for every API): kept while a turn goes through tool calls, dropped afte
 
 Function tools and namespaces of them are all shown to the model as `functions.NAME`: a
 namespaced tool `multi_agent_v1` / `spawn_agent` becomes `functions.multi_agent_v1_spawn_agent`
-and is mapped back to its namespace and name in the output.
+and is mapped back to its namespace and name in the output. `mcp` tools name MCP servers whose
+tools the server runs (server/tools/); an earlier `mcp_call` item goes back into harmony as the call
+and the tool's message, `mcp_list_tools` items only say that a server was listed already.
 
 Reasoning items carry their text back in `encrypted_content` when the client asks for it
 (`include: ["reasoning.encrypted_content"]`, Codex CLI does with `store: false`). This server is
@@ -22,6 +24,7 @@ from server.api.responses.schema import ResponsesRequest
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
+from server.tools.toolbox import ServerAsk
 from server.turn.request import (
     FormatAsk,
     ToolChoice,
@@ -70,6 +73,18 @@ def tools(body: ResponsesRequest) -> tuple[ToolDef, ...]:
                          param=f"{path}.parameters") for namespace, f, path in found)
 
 
+def servers(body: ResponsesRequest) -> tuple[ServerAsk, ...]:
+    """The MCP servers the request picked (`mcp` tools)."""
+    return tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.request_headers(),
+                           param=f"tools[{i}]")
+                 for i, t in enumerate(body.tools or []) if t.type == "mcp")
+
+
+def listed_servers(items: list) -> set[str]:
+    """Labels of the servers the conversation has an mcp_list_tools item of (not listed again)."""
+    return {item.server_label for item in items if item.type == "mcp_list_tools" and not item.error}
+
+
 def tool_choice(body: ResponsesRequest) -> ToolChoice:
     choice = body.tool_choice or "auto"
     return ToolChoice(choice) if isinstance(choice, str) else ToolChoice("named", choice.name)
@@ -79,7 +94,7 @@ def _call_follows(items: list, i: int) -> bool:
     """Whether the assistant message items[i] is followed, in the same turn, by a function call
     (then it was a preamble on the commentary channel, not a final answer)."""
     for item in items[i + 1:]:
-        if item.type == "function_call":
+        if item.type in ("function_call", "mcp_call"):
             return True
         if item.type == "function_call_output" or (item.type == "message" and item.role != "assistant"):
             return False
@@ -122,6 +137,12 @@ def conversation(items: list, names: ToolNames, first_new: int = 0) -> tuple[lis
             where = f"input[{i - first_new}]"
             raise invalid_request(f"{where}: item_reference {item.id!r} can't be resolved here: references "
                                   "need the response store", param=f"{where}.id")
+        elif item.type == "mcp_call":
+            recipient = f"{item.server_label}.{ToolNames([item.name]).model_name(item.name)}"
+            messages.append(harmony.server_call(recipient, item.arguments or "{}"))
+            error = item.error_text()
+            output = f"Error: {error}" if error is not None else (item.output or "")
+            messages.append(harmony.server_result(recipient, output))
     return instructions, messages
 
 
@@ -143,6 +164,8 @@ def translate(body: ResponsesRequest, history: list) -> TurnRequest:
         messages=messages,
         tools=declared,
         tool_choice=tool_choice(body),
+        servers=servers(body),
+        max_tool_calls=body.max_tool_calls,
         effort=asked_effort(body),
         sampling=sampling_given(body),
         max_tokens=body.max_output_tokens,

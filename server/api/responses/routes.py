@@ -19,14 +19,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
 from server.api.responses.output import OutputBuilder, ResponseShell, final_status
-from server.api.responses.prompt import translate
+from server.api.responses.prompt import listed_servers, translate
 from server.api.responses.schema import InputItem, ResponsesRequest
 from server.api.responses.store import ResponseStore, with_ids
+from server.api.server_tools import resolve_turn
 from server.plumbing.errors import APIError
 from server.plumbing.limits import check_total
 from server.registry.lease import serving
 from server.turn.pipeline import Turn, open_turns
-from server.turn.resolve import resolve
 from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.responses")
@@ -51,9 +51,9 @@ async def create_response(body: ResponsesRequest, request: Request):
     return await respond(state, body, _store(request), request)
 
 
-async def respond(state, body: ResponsesRequest, store: ResponseStore, request: Request | None = None):
+async def respond(state, body: ResponsesRequest, store: ResponseStore, request):
     """The response, streamed or not: the route's, and a batch line's (server/batches/; not
-    streamed, no client to watch, `request` None)."""
+    streamed, `request` then api/batch_endpoints.py's stand-in for one)."""
     settings = state.settings
     history = []
     if body.previous_response_id:
@@ -64,22 +64,31 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request: 
         check_total(len(stored) + len(body.input or []), "input")
         history = ITEMS.validate_python(stored)
     body.input = resolve_references(store, body.input)
-    resolved = resolve(translate(body, history), settings)
+    if body.store:
+        store.writable()  # a full disk: 507 now, before anything is generated
+    resolved = await resolve_turn(request, translate(body, history), settings)
     (turn,) = await open_turns(state, resolved)
     shell = ResponseShell(body, state.model_id, resolved.prompt.effort, resolved.sampling)
     builder = OutputBuilder(resolved.tools, body.wants_encrypted_reasoning(), state.encoding, resolved.logprobs,
                             summary=body.wants_summary())
+    # the MCP servers the request picked, listed first (unless the conversation has their lists)
+    listing = builder.listings(resolved.server_tools.toolset, listed_servers([*history, *(body.input or [])]))
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])
 
-    def save(response: dict) -> None:
+    def save(response: dict) -> APIError | None:
         """Synchronous on purpose: it also runs while a stream is being closed or cancelled.
-        The response's own items (its input and output) are indexed for item_reference."""
+        The response's own items (its input and output) are indexed for item_reference. The 507
+        when the disk filled up before the response could be stored."""
         if body.store and response["status"] != "failed":
             try:
                 store.save(response, conversation + builder.output,
                            own_items=conversation[len(history):] + builder.output)
+            except APIError as e:
+                log.warning("response %s was not stored: %s", response["id"], e.message)
+                return e
             except sqlite3.Error:
                 log.exception("could not store response %s", response["id"])
+        return None
 
     def finished(end: TurnEnd) -> dict:
         problem = turn.plan.problem(end, turn.limit)  # structured output that can't be given
@@ -88,7 +97,10 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request: 
         if problem:
             error = {"code": problem.code, "message": problem.message}
         response = {**shell.snapshot(status, builder.output, end, error), **turn.fields()}
-        save(response)
+        unstored = save(response)
+        if unstored is not None:  # what a continuation needs is missing: the response failed
+            response = {**response, "status": "failed", "completed_at": None,
+                        "error": {"code": unstored.code, "message": unstored.message}}
         return response
 
     def interrupted() -> None:
@@ -100,7 +112,7 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request: 
         save(response)
 
     if body.stream:
-        return StreamingResponse(_stream(turn, shell, builder, finished, interrupted),
+        return StreamingResponse(_stream(turn, shell, builder, listing, finished, interrupted),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
@@ -115,7 +127,10 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request: 
         builder.feed(event)
     builder.finish(end)
     turn.raise_for(end)
-    return finished(end)
+    response = finished(end)
+    if (response["error"] or {}).get("code") == "insufficient_storage":
+        raise store.no_room()
+    return response
 
 
 def resolve_references(store: ResponseStore, items: list | None) -> list | None:
@@ -154,7 +169,8 @@ def _sse(event: dict, counter) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, finished, interrupted):
+async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, listing: list[dict], finished,
+                  interrupted):
     """The stream's events. A client that leaves closes this generator (GeneratorExit at a
     yield) or cancels it (CancelledError at an await): either way the `finally` below runs,
     without awaiting anything, and stores what was generated as incomplete."""
@@ -163,6 +179,8 @@ async def _stream(turn: Turn, shell: ResponseShell, builder: OutputBuilder, fini
     try:
         yield _sse({"type": "response.created", "response": shell.snapshot("in_progress")}, counter)
         yield _sse({"type": "response.in_progress", "response": shell.snapshot("in_progress")}, counter)
+        for out in listing:
+            yield _sse(out, counter)
         try:
             async for event in turn.events:  # always closed by a TurnEnd (an error one if the turn failed)
                 if isinstance(event, TurnEnd):

@@ -121,6 +121,44 @@ class ItemReference(BaseModel):
     id: Annotated[str, Field(min_length=1)]
 
 
+class MCPListToolsItem(BaseModel):
+    """An earlier response's listing of an MCP server's tools: kept in the conversation; a request
+    whose conversation has one for a server doesn't list that server again."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["mcp_list_tools"]
+    server_label: str
+    id: str | None = None
+    tools: list[dict[str, Any]] = []
+    error: str | None = None
+
+
+class MCPCallItem(BaseModel):
+    """A call the server ran on an MCP server (an earlier response's output), back into harmony."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["mcp_call"]
+    server_label: str
+    name: str
+    arguments: str = ""
+    output: str | None = None
+    error: Any = None  # a string, or the SDK's error object ({"type": "mcp_protocol_error", "message"...})
+    id: str | None = None
+    status: str | None = None
+
+    def error_text(self) -> str | None:
+        error = self.error
+        if error is None or isinstance(error, str):
+            return error
+        if isinstance(error, dict):
+            if "message" in error:
+                return str(error["message"])
+            content = error.get("content")
+            if isinstance(content, list):
+                return "".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+        return str(error)
+
+
 class OtherItem(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -130,11 +168,12 @@ class OtherItem(BaseModel):
     def _refuse(cls, kind: str):
         raise ValueError(
             f"input items of type {kind!r} are not supported; this server takes messages, "
-            "function_call, function_call_output, reasoning and item_reference items"
+            "function_call, function_call_output, reasoning, item_reference, mcp_list_tools and mcp_call items"
         )
 
 
-ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference", "mcp_list_tools",
+              "mcp_call")
 
 
 def _item_kind(value: Any) -> str:
@@ -151,6 +190,8 @@ InputItem = Annotated[
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[ItemReference, Tag("item_reference")]
+    | Annotated[MCPListToolsItem, Tag("mcp_list_tools")]
+    | Annotated[MCPCallItem, Tag("mcp_call")]
     | Annotated[OtherItem, Tag("other")],
     Discriminator(_item_kind),
 ]
@@ -175,6 +216,47 @@ class NamespaceTool(BaseModel):
     tools: list[FunctionTool]
 
 
+class MCPTool(BaseModel):
+    """An MCP server whose tools the server runs: one configured here, by `server_label`. A
+    `server_url` is refused unless the server lets requests name servers by URL
+    (`mcp_request_servers`); approvals are not asked for (the servers are the operator's)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["mcp"]
+    server_label: Annotated[str, Field(min_length=1, max_length=64)]
+    allowed_tools: list[str] | dict[str, Any] | None = None  # names, or {"tool_names": [...]}
+    server_url: str | None = None
+    headers: dict[str, str] | None = None
+    authorization: str | None = None
+    require_approval: Any = None
+    server_description: str | None = None
+    connector_id: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.connector_id is not None:
+            raise ValueError("mcp tools with a connector_id are not supported; name a configured MCP server "
+                             "by server_label")
+        if self.require_approval not in (None, "never"):
+            raise ValueError("require_approval: this server runs MCP tools without asking for approvals; "
+                             "give 'never' or leave it out")
+        if isinstance(self.allowed_tools, dict) and self.allowed_tools.get("read_only"):
+            raise ValueError("allowed_tools.read_only is not supported; list tool_names")
+        return self
+
+    def tool_names(self) -> tuple[str, ...] | None:
+        given = self.allowed_tools
+        if isinstance(given, dict):
+            given = given.get("tool_names")
+        return None if given is None else tuple(given)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = dict(self.headers or {})
+        if self.authorization:
+            headers["Authorization"] = f"Bearer {self.authorization}"
+        return headers
+
+
 class OtherTool(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -184,20 +266,21 @@ class OtherTool(BaseModel):
     def _refuse(cls, kind: str):
         if kind not in IGNORED_TOOL_TYPES:
             raise ValueError(
-                f"tools of type {kind!r} are not supported by this server; "
-                "use function tools (type 'function', or groups of them of type 'namespace')"
+                f"tools of type {kind!r} are not supported by this server; use function tools "
+                "(type 'function', or groups of them of type 'namespace'), or configured MCP servers (type 'mcp')"
             )
         return kind
 
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("function", "namespace") else "other"
+    return kind if kind in ("function", "namespace", "mcp") else "other"
 
 
 ToolSpec = Annotated[
     Annotated[FunctionTool, Tag("function")]
     | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[MCPTool, Tag("mcp")]
     | Annotated[OtherTool, Tag("other")],
     Discriminator(_tool_kind),
 ]
@@ -269,6 +352,7 @@ class ResponsesRequest(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None  # of the calls the server runs (mcp)
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None

@@ -21,6 +21,13 @@ down; the price is one fsync per stored response, nothing next to generating it)
 Retention: `max_age_days` and `max_count` (0: unlimited) are applied when the store opens and
 with every save (both deletes use indexes); reads never return a response older than
 `max_age_days`, so an idle server doesn't serve expired ones either.
+
+A damaged file (not a database, or failing SQLite's quick_check) is set aside when the store
+opens (renamed responses.sqlite3.corrupt-<timestamp>, with a warning) and an empty store takes
+its place: the server starts rather than exit into a supervisor's restart loop. A full disk
+(server/plumbing/disk.py) makes a save a 507 `insufficient_storage` before anything is written,
+or a rolled-back transaction when the disk fills during it: what is stored is never damaged.
+A store that can't be opened at start (a full disk, say) is opened on first use.
 """
 
 import json
@@ -32,6 +39,8 @@ import uuid
 from pathlib import Path
 
 from models.paths import cache_dir
+from server.plumbing.disk import DataDisk, data_disk, set_aside
+from server.plumbing.errors import APIError
 
 log = logging.getLogger("swallow.responses")
 
@@ -56,7 +65,8 @@ ITEM_INDEX = (
     """CREATE TRIGGER items_go_with_their_response AFTER DELETE ON responses
         BEGIN DELETE FROM items WHERE response_id = OLD.id; END""",
 )
-ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+               "mcp_list_tools": "mcpl", "mcp_call": "mcp"}
 
 
 def data_directory(setting: str) -> Path:
@@ -71,43 +81,125 @@ def with_ids(items: list[dict]) -> list[dict]:
             for item in items]
 
 
+class Damaged(sqlite3.DatabaseError):
+    """The file is a database that fails its integrity check."""
+
+
+DAMAGED = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+
 class ResponseStore:
-    def __init__(self, path: Path, max_age_days: int = 0, max_count: int = 0):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, max_age_days: int = 0, max_count: int = 0, disk: DataDisk | None = None):
         self.path = path
         self.max_age_days, self.max_count = max_age_days, max_count
+        self.disk = disk or DataDisk(path.parent)
+        self.journal_mode = ""
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":  # e.g. a file system without shared memory
-            log.warning("the response store runs in journal mode %r, not WAL", mode)
-        self.journal_mode = mode.lower()
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._add_item_index()
+        self._db: sqlite3.Connection | None = None
         with self._lock:
-            removed = self._prune()
-        log.info("responses are stored in %s%s", path, f" ({removed} past retention removed)" if removed else "")
+            self._open()
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The connection, opened now if it isn't yet (the lock held); None when it can't be,
+        said in the log."""
+        if self._db is not None:
+            return self._db
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as e:
+            if not (isinstance(e, Damaged) or getattr(e, "sqlite_errorname", "") in DAMAGED):
+                self._cannot_open(e)
+                return None
+            aside = set_aside(self.path, str(e), "the response store")
+            if aside is None:
+                return None
+            wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+            if wal.exists():  # its journal goes with it, named so that SQLite opens the two together
+                wal.replace(f"{aside}-wal")
+            shm.unlink(missing_ok=True)  # an index of the journal, rebuilt from it
+            try:
+                self._db = self._connect()
+            except (sqlite3.Error, OSError) as e:
+                self._cannot_open(e)
+        except OSError as e:
+            self._cannot_open(e)
+        return self._db
+
+    def _cannot_open(self, error: Exception) -> None:
+        if not self.disk.write_failed(error):
+            log.error("the response store %s can't be opened (%s); stored responses are unavailable "
+                      "until it can be", self.path, error)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            checked = db.execute("PRAGMA quick_check").fetchone()[0]
+            if checked != "ok":
+                raise Damaged(f"integrity check: {checked}")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":  # e.g. a file system without shared memory
+                log.warning("the response store runs in journal mode %r, not WAL", mode)
+            self.journal_mode = mode.lower()
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self._db = db
+            self._add_item_index()
+            try:
+                removed = self._prune()
+            except sqlite3.OperationalError as e:  # a full disk: retention waits for the next save
+                if not self.disk.write_failed(e):
+                    raise
+                removed = 0
+        except BaseException:
+            self._db = None
+            db.close()
+            raise
+        log.info("responses are stored in %s%s", self.path, f" ({removed} past retention removed)" if removed else "")
+        return db
+
+    def writable(self) -> None:
+        """Raises the 507 a request whose response must be stored gets while the disk is full."""
+        if not self.disk.has_room():
+            raise self.no_room()
+
+    def no_room(self) -> APIError:
+        return APIError(507, f"The response can't be stored: the disk under the server's data_dir ({self.disk.path}) "
+                             "is full. Free some space there, or send store: false.",
+                        type="server_error", code="insufficient_storage")
 
     def save(self, response: dict, conversation: list[dict], own_items: list[dict] | None = None) -> None:
         """`own_items`: the items that are the response's own (its input and output), indexed for
-        `item_reference`; None: the whole conversation."""
+        `item_reference`; None: the whole conversation. Raises the 507 APIError when the disk is
+        full (before or while writing); any other sqlite3.Error as it comes. Nothing is written
+        then: the transaction is rolled back."""
+        self.writable()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._open()
+            if db is None:
+                raise sqlite3.OperationalError(f"the response store {self.path} can't be opened")
             try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO responses (id, created_at, response, conversation) VALUES (?, ?, ?, ?)",
-                    (response["id"], response.get("created_at") or int(time.time()),
-                     json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
-                )
-                self._db.execute("DELETE FROM items WHERE response_id = ?", (response["id"],))  # a re-save
-                self._index(response["id"], conversation if own_items is None else own_items)
-                self._prune()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT OR REPLACE INTO responses (id, created_at, response, conversation) VALUES (?, ?, ?, ?)",
+                        (response["id"], response.get("created_at") or int(time.time()),
+                         json.dumps(response, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False)),
+                    )
+                    db.execute("DELETE FROM items WHERE response_id = ?", (response["id"],))  # a re-save
+                    self._index(response["id"], conversation if own_items is None else own_items)
+                    self._prune()
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # a failed COMMIT may have ended it already
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if self.disk.write_failed(e):
+                    raise self.no_room() from e
                 raise
+        self.disk.wrote()
 
     def response(self, response_id: str) -> dict | None:
         row = self._row("response", response_id)
@@ -121,8 +213,9 @@ class ResponseStore:
         """The items the response was generated from, oldest first: the conversation it
         continued and its own input (its conversation without its output)."""
         with self._lock:
-            row = self._db.execute("SELECT response, conversation FROM responses WHERE id = ? AND created_at >= ?",
-                                   (response_id, self._oldest())).fetchone()
+            db = self._open()
+            row = db and db.execute("SELECT response, conversation FROM responses WHERE id = ? AND created_at >= ?",
+                                    (response_id, self._oldest())).fetchone()
         if row is None:
             return None
         output, conversation = json.loads(row[0]).get("output") or [], json.loads(row[1])
@@ -135,7 +228,8 @@ class ResponseStore:
         if not wanted:
             return {}
         with self._lock:
-            rows = self._db.execute(
+            db = self._open()
+            rows = [] if db is None else db.execute(
                 "SELECT items.id, items.item FROM items JOIN responses ON responses.id = items.response_id "
                 f"WHERE items.id IN ({', '.join('?' * len(wanted))}) AND responses.created_at >= ? "
                 "ORDER BY responses.rowid", (*wanted, self._oldest())).fetchall()
@@ -149,11 +243,21 @@ class ResponseStore:
 
     def delete(self, response_id: str) -> bool:
         with self._lock:
-            return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+            db = self._open()
+            if db is None:
+                return False
+            try:
+                return db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+            except sqlite3.OperationalError as e:
+                if self.disk.write_failed(e):
+                    raise self.no_room() from e
+                raise
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def _index(self, response_id: str, items: list[dict]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO items (id, response_id, item) VALUES (?, ?, ?)",
@@ -162,30 +266,30 @@ class ResponseStore:
 
     def _add_item_index(self) -> None:
         """Create the item index if this database has none yet (written by an older version),
-        filled from every stored conversation, in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'")
-                if exists.fetchone() is None:
-                    for statement in ITEM_INDEX:
-                        self._db.execute(statement)
-                    filled = 0
-                    for response_id, conversation in self._db.execute("SELECT id, conversation FROM responses"):
-                        try:
-                            items = json.loads(conversation)
-                        except ValueError:
-                            log.warning("stored response %s has an unreadable conversation; its items are "
-                                        "not indexed", response_id)
-                            continue
-                        self._index(response_id, items if isinstance(items, list) else [])
-                        filled += 1
-                    if filled:
-                        log.info("indexed the items of %d stored responses", filled)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        filled from every stored conversation, in one transaction (the lock held)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone() is None:
+                for statement in ITEM_INDEX:
+                    db.execute(statement)
+                filled = 0
+                for response_id, conversation in db.execute("SELECT id, conversation FROM responses").fetchall():
+                    try:
+                        items = json.loads(conversation)
+                    except ValueError:
+                        log.warning("stored response %s has an unreadable conversation; its items are "
+                                    "not indexed", response_id)
+                        continue
+                    self._index(response_id, items if isinstance(items, list) else [])
+                    filled += 1
+                if filled:
+                    log.info("indexed the items of %d stored responses", filled)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _oldest(self) -> int:
         """created_at of the oldest response retention keeps (0: all)."""
@@ -205,11 +309,13 @@ class ResponseStore:
 
     def _row(self, column: str, response_id: str):
         with self._lock:
-            row = self._db.execute(f"SELECT {column} FROM responses WHERE id = ? AND created_at >= ?",
-                                   (response_id, self._oldest())).fetchone()
+            db = self._open()
+            row = db and db.execute(f"SELECT {column} FROM responses WHERE id = ? AND created_at >= ?",
+                                    (response_id, self._oldest())).fetchone()
         return row[0] if row else None
 
 
 def open_store(settings) -> ResponseStore:
     return ResponseStore(data_directory(settings.data_dir) / "responses.sqlite3",
-                         settings.responses_max_age_days, settings.responses_max_count)
+                         settings.responses_max_age_days, settings.responses_max_count,
+                         disk=data_disk(settings.data_dir))

@@ -37,6 +37,8 @@ const STRINGS = {
     cacheEntries: "{n} entries · {b} of {t}", hitRates: "{a} of turns · {b} of prompt tokens",
     tokensTotal: "{c} (prompt {p})", now: "{n} now", chartRange: "max {m} · last {n} min",
     noAnswer: "The server does not answer.",
+    tools: "Tools (MCP servers)", toolArguments: "Arguments", toolResult: "Result", toolError: "Error",
+    toolRunning: "running…",
     batches: "Batches", batchesNone: "none in progress", batchesRunning: "{n} in progress · {d} of {t} lines",
   },
   ja: {
@@ -59,6 +61,8 @@ const STRINGS = {
     cacheEntries: "{n} 件 · {b} / {t}", hitRates: "ターンの {a} · プロンプトトークンの {b}",
     tokensTotal: "{c}（プロンプト {p}）", now: "現在 {n}", chartRange: "最大 {m} · 直近 {n} 分",
     noAnswer: "サーバーが応答しません。",
+    tools: "ツール（MCP サーバー）", toolArguments: "引数", toolResult: "結果", toolError: "エラー",
+    toolRunning: "実行中…",
     batches: "バッチ", batchesNone: "実行中なし", batchesRunning: "{n} 件実行中 · {t} 行中 {d} 行完了",
   },
 };
@@ -206,11 +210,13 @@ function messageElement(message) {
   const reasoning = document.createElement("div");
   reasoning.className = "reasoning";
   thinking.append(summary, reasoning);
+  const tools = document.createElement("div");
+  tools.className = "tool-calls";
   const answer = document.createElement("div");
   answer.className = "answer";
   const stats = document.createElement("div");
   stats.className = "stats";
-  element.append(thinking, answer, stats);
+  element.append(thinking, tools, answer, stats);
   updateAssistant(element, message);
   return element;
 }
@@ -228,6 +234,7 @@ function updateAssistant(element, message) {
     summary.textContent = message.thoughtSeconds != null ? t("thoughtFor", { s: message.thoughtSeconds.toFixed(1) }) : t("thinking");
     if (!thinking.dataset.folded) { thinking.open = false; thinking.dataset.folded = "1"; }  // once: the reader may open it again
   }
+  renderToolCalls(element.querySelector(".tool-calls"), message.tools || []);
   renderMarkdown(element.querySelector(".answer"), message.content || "");
   element.classList.toggle("streaming", streaming);
   const stats = element.querySelector(".stats");
@@ -249,6 +256,35 @@ function updateAssistant(element, message) {
   }
 }
 
+// Calls the server ran (MCP tools): one folded block each, its name; opened, its arguments and
+// its result or error. All of it is untrusted text, shown as text.
+function renderToolCalls(box, calls) {
+  const open = new Set([...box.querySelectorAll("details[open]")].map((d) => d.dataset.id));
+  box.replaceChildren();
+  for (const call of calls) {
+    const details = document.createElement("details");
+    details.className = "tool-call" + (call.error ? " failed" : "");
+    details.dataset.id = call.id;
+    details.open = open.has(call.id);
+    const summary = document.createElement("summary");
+    const done = call.output != null || call.error != null;
+    summary.textContent = `🔧 ${call.server ? call.server + "." : ""}${call.name}` + (done ? "" : ` — ${t("toolRunning")}`);
+    details.append(summary);
+    for (const [label, text, name] of [[t("toolArguments"), call.arguments, "arguments"],
+                                       [call.error != null ? t("toolError") : t("toolResult"), call.error ?? call.output, "result"]]) {
+      if (text == null) continue;
+      const heading = document.createElement("div");
+      heading.className = "muted small";
+      heading.textContent = label;
+      const body = document.createElement("pre");
+      body.className = name;
+      body.textContent = text;
+      details.append(heading, body);
+    }
+    box.append(details);
+  }
+}
+
 function span(text, name) {
   const element = document.createElement("span");
   element.textContent = text;
@@ -266,7 +302,33 @@ function updateButtons() {
 
 // ---- settings ------------------------------------------------------------------------------
 
-const settings = Object.assign({ effort: "medium", temperature: "", system: "" }, store.get("settings", {}));
+const settings = Object.assign({ effort: "medium", temperature: "", system: "", servers: {} }, store.get("settings", {}));
+let mcpServers = [];  // the server's MCP servers (GET /v1/mcp/servers); the ticked ones go with each message
+
+async function loadToolServers() {
+  try {
+    const response = await fetch("/v1/mcp/servers", { headers: authHeaders() });
+    if (!response.ok) return;
+    mcpServers = (await response.json()).data || [];
+  } catch { return; }
+  const box = $("tool-servers");
+  box.replaceChildren();
+  for (const server of mcpServers) {
+    const label = document.createElement("label");
+    const box_ = document.createElement("input");
+    box_.type = "checkbox";
+    box_.value = server.name;
+    box_.checked = settings.servers[server.name] ?? server.default;
+    box_.addEventListener("change", () => { settings.servers[server.name] = box_.checked; store.set("settings", settings); });
+    label.append(box_, document.createTextNode(" " + server.name));
+    box.append(label);
+  }
+  $("tools-setting").hidden = mcpServers.length === 0;
+}
+
+function chosenServers() {
+  return mcpServers.filter((s) => settings.servers[s.name] ?? s.default).map((s) => s.name);
+}
 $("effort").value = settings.effort;
 $("temperature").value = settings.temperature;
 $("system").value = settings.system;
@@ -339,6 +401,11 @@ async function generate() {
   };
   const temperature = parseFloat(settings.temperature);
   if (!Number.isNaN(temperature)) body.temperature = temperature;
+  if (mcpServers.length) {
+    const servers = chosenServers();
+    if (servers.length) body.tools = servers.map((name) => ({ type: "mcp", server_label: name }));
+    else body.tool_choice = "none";  // none ticked: not even the servers on by default
+  }
 
   const started = performance.now();
   let first = null, answerStart = null, usage = null, scheduled = false;
@@ -384,6 +451,14 @@ async function generate() {
           if (chunk.usage) usage = chunk.usage;
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
           if (!delta) continue;
+          for (const part of delta.server_tool_calls || []) {  // calls the server runs (MCP tools)
+            message.tools ??= [];
+            if (part.id) message.tools[part.index] = { id: part.id, server: part.server, name: part.name, arguments: "" };
+            const call = message.tools[part.index];
+            if (!call) continue;
+            if (part.arguments && !part.id) call.arguments += part.arguments;
+            if ("output" in part || "error" in part) { call.output = part.output; call.error = part.error; }
+          }
           const reasoning = delta.reasoning_content ?? delta.reasoning;
           if (reasoning || delta.content) first ??= performance.now();
           if (reasoning) message.reasoning += reasoning;
@@ -533,7 +608,7 @@ function drawChart(points) {
 
 renderConversations();
 renderMessages();
-checkKey();
+checkKey().then(loadToolServers);
 pollStatus();
 setInterval(pollStatus, 1000);
 $("input").focus();

@@ -1,7 +1,7 @@
-"""python -m bench.tools: what the built-in tools cost, without a model.
+"""python -m bench.builtin_tools: what the built-in tools cost, without a model.
 
-    python -m bench.tools                 # the sandbox's start, a warm call, a browser open
-    python -m bench.tools --python /usr/bin/python3 --rounds 20 --json tools.json
+    python -m bench.builtin_tools                 # the sandbox's start, a warm call, a browser open
+    python -m bench.builtin_tools --python /usr/bin/python3 --rounds 20 --json tools.json
 
 - python: the first call of a conversation (the sandbox and the interpreter start, then
   `print(1)`), and a warm call (`print(1)` in the running interpreter), best and median;
@@ -133,7 +133,7 @@ def report(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.tools", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.builtin_tools", description=__doc__.split("\n\n")[0])
     p.add_argument("--python", help="the interpreter run in the sandbox (default: this one)")
     p.add_argument("--rounds", type=int, default=5, help="sandbox starts measured (warm calls: 4x, opens: 2x)")
     p.add_argument("--json", help="also write the figures to this file")
