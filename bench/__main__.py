@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import builtin_tools, models, overhead, prompts, report, runs, system
+from bench import batch, builtin_tools, models, overhead, prompts, report, runs, system
 
 
 def parse_args(argv):
@@ -49,6 +49,8 @@ def parse_args(argv):
     p.add_argument("--skip-mlx-server", action="store_true", help="don't run mlx_lm.server")
     p.add_argument("--skip-raw", action="store_true", help="don't run raw mlx-lm")
     p.add_argument("--skip-quant", action="store_true", help="skip the quantized-model comparison")
+    p.add_argument("--skip-batch", action="store_true",
+                   help="skip the Batch API against raw BatchGenerator (python -m bench.batch has more)")
     p.add_argument("--openblas", choices=("auto", "on", "off"), default="auto",
                    help="preload Debian's OpenBLAS (libopenblas0-pthread) into every process (auto: when installed)")
     p.add_argument("--compare-blas", action=argparse.BooleanOptionalAction, default=None,
@@ -190,9 +192,20 @@ def main(argv=None) -> int:
         except Exception as e:  # the tools' own failure, reported; the model figures stand
             tools = {"error": f"{type(e).__name__}: {e}"}
 
+    batched = None
+    if not args.skip_batch:
+        lines, tokens = (32, args.stream_tokens) if args.quick else (64, 2 * args.stream_tokens)
+        print(f"\n[6] the Batch API: {lines} lines of {tokens} tokens, against raw BatchGenerator", flush=True)
+        try:
+            batched = batch.measure(main_model.path, raw_mode, openblas, log_dir, renderer, lines, tokens,
+                                    min(args.repeat, 2))
+            batched.update(lines=lines, tokens=tokens)
+        except Exception as e:
+            errors["batch"] = f"{type(e).__name__}: {e}".splitlines()[0]
+
     machine["load_after"] = system.load_average()
     elapsed = time.perf_counter() - started
-    print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed)
+    print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed, batched)
     if not args.skip_near_free:
         print("\n" + "=" * 100 + "\nThe server's own work, on the near-free model\n")
         overhead.print_section(near_free, near_free_errors, near_plan)
@@ -202,14 +215,15 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine, "openblas": openblas, "model": str(main_model.path), "args": vars(args),
-            "results": results, "quantized": quant, "blas_comparison": blas, "errors": errors, "elapsed_s": elapsed,
-            "near_free": {"results": near_free, "errors": near_free_errors, "plan": vars(near_plan)},
+            "results": results, "quantized": quant, "blas_comparison": blas, "batch": batched, "errors": errors,
+            "elapsed_s": elapsed, "near_free": {"results": near_free, "errors": near_free_errors, "plan": vars(near_plan)},
             "tools": tools,
         }, indent=2, default=str))
     return 1 if "swallow" in errors or "swallow" in near_free_errors else 0
 
 
-def print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed):
+def print_report(args, machine, openblas, main_model, quant_model, results, quant, blas, errors, elapsed,
+                 batched=None):
     print("\n" + "=" * 100)
     print(f"swallow-server benchmark: {main_model.label}; {machine['cpu']}, {machine['cores']} cores, "
           f"{machine['ram_gb']} GB RAM; mlx {machine['mlx']}, mlx-lm {machine['mlx_lm']}, {machine['device']}; "
@@ -254,9 +268,17 @@ def print_report(args, machine, openblas, main_model, quant_model, results, quan
               f"{blas['blas']['with']} and {blas['blas']['without']}).")
     for key, why in errors.items():
         print(f"FAILED {key}: {why}")
+    if batched:
+        print(f"Batch API ({batched['lines']} lines of {batched['tokens']} tokens, batch 16): "
+              f"{batched['batch']['tps']:.1f} tok/s vs raw BatchGenerator {batched['raw']['tps']:.1f} tok/s, "
+              f"from the start to the last token, prefill included; {batched['cpu_ratio']:.2f}× raw's tokens per "
+              "CPU-second (python -m bench.batch: also a live request beside a batch).")
     print("\nTargets:")
     print(report.format_targets(report.targets(results, quant if quant_model else None, blas,
                                                 decode_target=0.95 if args.model == "demo" else 0.98)))
+    if batched:
+        met = batched["ratio"] >= batch.GOAL
+        print(f"- [{'MET' if met else 'MISSED'}] batch ≥ {batch.GOAL}× raw BatchGenerator: {batched['ratio']:.2f}×")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,12 @@ from fastapi.responses import JSONResponse
 
 from models.vocab import token_vocabulary
 from server.api import engine_errors
+from server.api.batch_endpoints import batch_endpoints
+from server.api.batches import routes as batches
 from server.api.chat import routes as chat
 from server.api.completions import routes as completions
+from server.api.files import routes as files
+from server.api.messages import batches as message_batches
 from server.api.messages import errors as messages_errors
 from server.api.messages import routes as messages
 from server.api.ollama import errors as ollama_errors
@@ -18,6 +22,8 @@ from server.api.responses import routes as responses
 from server.api.responses.store import open_store
 from server.api.server_tools import router as server_tools_router
 from server.api.tokenize import routes as tokenize
+from server.batches.runner import Runner
+from server.batches.store import open_batch_store
 from server.config import Settings
 from server.plumbing import limits, metrics, middleware
 from server.plumbing.admission import Admission
@@ -41,7 +47,9 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     async def lifespan(_app):
         registry.start_reaper()  # unloads models idle past their keep-alive
         toolbox.start()  # MCP servers start in the background; requests that want one wait for it
+        runner.start()  # the batches in data_dir go on where they were
         yield
+        await runner.stop()  # lines in flight stay pending, for the next start
         await toolbox.stop()
 
     app = FastAPI(title="swallow-server", version="0.1.0", lifespan=lifespan,
@@ -67,6 +75,9 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(completions.router)
     app.include_router(tokenize.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.include_router(message_batches.router)
     app.include_router(models_router)
     app.include_router(ollama.router)
     app.include_router(server_tools_router)
@@ -74,7 +85,13 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
     register_shape("/api", ollama_errors.SHAPE)  # Ollama's under /api
     app.include_router(web_router)  # the chat page at /, its files, /status.json
     app.state.responses_store = open_store(settings)  # a damaged file is set aside, a full disk waited out
-    disk = data_disk(settings.data_dir)  # stored responses and prompt-cache snapshots (plumbing/disk.py)
+    disk = data_disk(settings.data_dir)  # stored responses, prompt-cache snapshots, batches (plumbing/disk.py)
+    # The Batch API: files and batches in data_dir, run in the background by the same endpoints' code
+    app.state.batch_store = open_batch_store(settings, disk)
+    runner = Runner(app.state.batch_store, registry, batch_endpoints(app),
+                    registry.default.listed.settings.max_batch_size)
+    app.state.batch_runner = runner
+    metrics.bind_batches(runner.describe)
 
     @app.get("/health")
     async def health(request: Request):
@@ -91,7 +108,7 @@ def create_app(settings: Settings, registry: Registry) -> FastAPI:
                 "kv_memory": registry.kv.describe() if registry.kv is not None else {},
                 "process": metrics.process_memory(),
                 "models": {name: m for name, m in models.items() if m["loaded"] or m["loading"] or m["default"]},
-                "disk": disk.describe()}
+                "disk": disk.describe(), "batches": runner.describe()}
         if toolbox.servers:
             body["mcp_servers"] = {name: server.state for name, server in toolbox.servers.items()}
         if registry.world is not None:  # under mlx.launch: the ranks serving the model
@@ -111,6 +128,7 @@ def _model_health(registry: Registry, slot: Slot) -> dict:
             "idle_s": None if slot.busy else round(time.monotonic() - slot.last_used, 1)}
     if slot.state is not None:
         engine = slot.state.engine
-        body |= {"running": engine.running, "waiting": engine.waiting, "weights_bytes": slot.weights_bytes,
+        body |= {"running": engine.running, "waiting": engine.waiting, "batch_running": engine.batch_running,
+                 "batch_waiting": engine.batch_waiting, "weights_bytes": slot.weights_bytes,
                  "memory": engine.memory_stats(), "prompt_cache": engine.cache_stats()}
     return body

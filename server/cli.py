@@ -1,4 +1,5 @@
-"""The `swallow-server` command: serve (the default), convert, models, pull, ls, ps, rm, generate, chat."""
+"""The `swallow-server` command: serve (the default), convert, models, pull, ls, ps, rm, generate, chat,
+batch."""
 
 import argparse
 import logging
@@ -11,7 +12,7 @@ from server.config import DEFAULT_MODEL, ConfigError, load_settings
 from server.plumbing.exit import exit_now
 
 ENGINE_DEATH_GRACE = 2.0  # seconds between the engine's death and the exit
-SUBCOMMANDS = ("serve", "convert", "models", "pull", "ls", "ps", "rm", "generate", "chat")
+SUBCOMMANDS = ("serve", "convert", "models", "pull", "ls", "ps", "rm", "generate", "chat", "batch")
 MODEL_COMMANDS = ("pull", "ls", "ps", "rm")  # server/registry/model_commands.py
 
 
@@ -19,7 +20,7 @@ def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swallow-server",
         description="OpenAI-compatible server for GPT-OSS models on MLX. "
-        "Subcommands: serve (default), convert, models, pull, ls, ps, rm, generate, chat.",
+        "Subcommands: serve (default), convert, models, pull, ls, ps, rm, generate, chat, batch.",
     )
     parser.add_argument("--model", action="append", dest="models_given", metavar="[ALIAS=]MODEL",
                         help=f"local MLX model directory, Hugging Face repo id, or 'demo' (a tiny random model, "
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.console import chat
 
         return chat.main(rest)
+    if command == "batch":
+        from server.console import batch
+
+        return batch.main(rest)
     return serve(rest)
 
 

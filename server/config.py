@@ -147,9 +147,15 @@ class Settings(BaseModel):
     mcp_servers: list["MCPServerEntry"] = Field(default_factory=list)  # see MCPServerEntry
 
     # [responses]
-    data_dir: str = ""  # stored responses (SQLite); empty: <cache dir>/responses
+    data_dir: str = ""  # stored responses (SQLite), batches; empty: under the cache dir
     responses_max_age_days: int = Field(0, ge=0)  # stored responses older than this are deleted; 0: kept
     responses_max_count: int = Field(0, ge=0)  # only the newest this many are kept; 0: all
+
+    # [batches]: the Batch API (server/batches/, docs/batches.md)
+    batch_retention_days: int = Field(30, ge=0)  # files and ended batches older than this are deleted; 0: kept
+    batch_disk_mb: int = Field(10240, ge=0)  # disk the batch files and results may take; past it: 507; 0: no cap
+    max_file_mb: int = Field(200, ge=1)  # largest upload (POST /v1/files) or Message Batches request body
+    batch_preemption: bool = True  # a live request takes a batch row at once; false: it waits for one to end
 
     # [browser]: harmony's built-in browser, run by the server (server/tools/browser/; docs/builtin-tools.md)
     browser_tool: bool = False  # offer the model browser.search / open / find
@@ -253,6 +259,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "distributed": ("distributed_timeout",),
     "tools": ("tool_max_rounds", "tool_timeout", "tool_max_result_kb", "mcp_connect_timeout", "mcp_request_servers"),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
+    "batches": ("batch_retention_days", "batch_disk_mb", "max_file_mb", "batch_preemption"),
     "browser": ("browser_tool", "browser_search_backend", "browser_searxng_url", "browser_max_results",
                 "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout", "browser_max_redirects",
                 "browser_allowed_hosts"),

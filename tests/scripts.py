@@ -190,3 +190,10 @@ SCRIPTS["Crash the tool server."] = [server_call("tools.pid", "{}"), server_call
                                      server_call("tools.pid", "{}"), final(CRASH_ANSWER)]
 # a model that keeps calling: past tool_max_rounds it is told no more, and then the reply ends
 SCRIPTS["Keep calling tools."] = [server_call("tools.pid", "{}")] * 8
+
+# ---- the Batch API (tests/test_batches.py) ----
+# short answers, so that a few hundred lines take little time; which one a line got shows that
+# its answer is its own request's
+BATCH_RED, BATCH_BLUE = "red", "blue"
+SCRIPTS["Batch line: say red"] = final(BATCH_RED)
+SCRIPTS["Batch line: say blue"] = final(BATCH_BLUE)

@@ -17,7 +17,7 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
          "--tokens", "4", "--stream-tokens", "4", "--streams", "1,2", "--prefix-tokens", "200", "--reply-tokens", "6",
          "--log-dir", str(tmp_path / "logs"), "--json", str(out)],
         cwd=ROOT, env={**os.environ, "SWALLOW_CACHE_DIR": str(cache_dir)},
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| metric" in done.stdout and "Targets:" in done.stdout
@@ -35,6 +35,7 @@ def test_bench_quick_on_demo(cache_dir, tmp_path):
     tools = result["tools"]  # the built-in tools, measured at the end
     assert tools["browser"]["open"]["median_ms"] > 0 and "Built-in tools (python -m bench.builtin_tools):" in done.stdout
     assert "skipped" in tools["python"] or tools["python"]["warm"]["median_ms"] > 0
+    assert result["batch"]["ratio"] > 0 and "batch ≥ 0.9× raw BatchGenerator" in done.stdout  # [6] the Batch API
 
 
 def run_bench(module: str, args: list, cache_dir) -> str:

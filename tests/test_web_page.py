@@ -74,6 +74,7 @@ def test_status_json_has_what_the_panel_shows(server):
     assert {"entries", "bytes", "budget_bytes", "hit_rate"} <= set(status["prompt_cache"])
     assert status["memory"]["weights_bytes"] > 0
     assert isinstance(status["tokens_per_second"], list)
+    assert status["batches"]["running"] == 0 and status["batches"]["in_progress"] == []
 
 
 def test_status_json_counts_tokens_and_prompt_cache_hits(server):
@@ -201,6 +202,7 @@ def test_the_page_is_light_and_quick(page):
     assert timing["load"] < 1000, timing
     assert timing["bytes"] < 200_000, timing
     assert page.el("#status-model").text == "scripted"  # it fetched /status.json
+    assert page.el("#status-batches").text == "実行中なし"  # the Batch API's line (none in progress)
 
 
 def test_the_page_speaks_the_browsers_language(page, server):

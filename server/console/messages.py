@@ -1,4 +1,4 @@
-"""What `swallow-server chat` and `generate` say, in English and Japanese: one table.
+"""What `swallow-server chat`, `generate` and `batch` say, in English and Japanese: one table.
 
 The terminal's locale picks the language, as gettext reads it: LC_ALL, else LC_MESSAGES, else
 LANG; a value starting with "ja" (ja_JP.UTF-8) is Japanese, anything else English. Command-line
@@ -53,6 +53,17 @@ A message that starts with / is sent as is when written //...""",
         "lost_server": "lost the server at {url}: {error}",
         "cannot_read_schema": "cannot read the JSON schema {path}: {error}",
         "not_a_schema": "{path} is not a JSON schema (an object)",
+        "cannot_read_input": "cannot read {path}: {error}",
+        "no_url": "{path}: its first request has no \"url\" (a batch input file is JSONL: {{\"custom_id\", "
+                  "\"method\": \"POST\", \"url\", \"body\"}} a line)",
+        "batch_created": "batch {id}: {total} requests to {endpoint}",
+        "batch_resumed": "resuming batch {id} ({status}, {done} of {total} lines done)",
+        "batch_progress": "{id}: {done}/{total} lines, {rate:.1f} tokens/s, {eta} left",
+        "batch_lines": "lines",
+        "batch_ended": "batch {id} {status}: {completed} answered, {failed} failed; answers in {output}",
+        "batch_errors_in": "; errors in {path}",
+        "batch_unfinished": "batch {id} ended {status} before every line was answered",
+        "batch_interrupted": "interrupted; batch {id} is kept: run the same command again to go on",
     },
     "ja": {
         "banner": "swallow-server chat: {model}（{url}）。Enter で送信、Alt+Enter で改行、"
@@ -99,6 +110,17 @@ Ctrl-C で応答を止める（入力中なら行を消す）。Ctrl-D か /quit
         "lost_server": "{url} のサーバーとの接続が切れました: {error}",
         "cannot_read_schema": "JSON スキーマ {path} を読めません: {error}",
         "not_a_schema": "{path} は JSON スキーマ（オブジェクト）ではありません",
+        "cannot_read_input": "{path} を読めません: {error}",
+        "no_url": "{path}: 最初のリクエストに \"url\" がありません（バッチの入力は 1 行に 1 つの JSON: "
+                  "{{\"custom_id\", \"method\": \"POST\", \"url\", \"body\"}}）",
+        "batch_created": "バッチ {id}: {endpoint} への {total} 件のリクエスト",
+        "batch_resumed": "バッチ {id} を再開します（{status}、{total} 行中 {done} 行完了）",
+        "batch_progress": "{id}: {total} 行中 {done} 行、{rate:.1f} トークン/秒、残り {eta}",
+        "batch_lines": "行",
+        "batch_ended": "バッチ {id} {status}: 成功 {completed}、失敗 {failed}。結果は {output}",
+        "batch_errors_in": "、エラーは {path}",
+        "batch_unfinished": "バッチ {id} はすべての行に答える前に {status} で終わりました",
+        "batch_interrupted": "中断しました。バッチ {id} は残っています。同じコマンドをもう一度実行すると続きから再開します",
     },
 }
 

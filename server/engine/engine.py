@@ -20,6 +20,13 @@ until then it waits in the engine's queue (`waiting_for_memory`), and the prompt
 entries to make room for it (this engine's at once, the others' on their own threads). One that
 could never fit is refused before it is submitted (`check_fits`).
 
+Live requests come first (batch work is a Generation with `background` set, server/batches/):
+admission takes every waiting live request before any batch row, and admits batch rows only into
+rows of the batch (max_batch_size) that live requests leave. A live request that finds the batch
+full, or not enough KV memory, takes the youngest batch rows out at once (at the step boundary):
+they end with "gave_way" and the batch runner runs them again later, their prompt from the
+prompt cache. So a live request never waits behind batch work.
+
 A failure touches one request: each request's sampler and logits processors run guarded, and a
 request whose own part raises ends alone with an error while the rest of the batch goes on. A
 failing model step fails the requests in the batch. If the engine thread itself dies, every
@@ -86,13 +93,14 @@ class Engine:
         self._active: dict[int, Generation] = {}
         self._outbox: list = []  # (generation, token or Finished) of this step, for the event loop
         self._mailboxes: dict = {}  # event loop -> its Mailbox
-        self._held: deque[Generation] = deque()  # waiting for cache memory
+        self._held: deque[Generation] = deque()  # waiting for cache memory (or, batch rows, for a free row)
         self._inbox = 0  # submitted, not yet taken by the engine thread
         self.dead: str | None = None  # why the engine thread died, once it has
         self.on_death = None  # called (from the engine thread) with the reason
         self.kv_cost: KVCost | None = None
         self.kv = kv
         self.prompt_cache = PromptCache(settings)
+        self.gave_way = 0  # batch rows taken out of the batch for live requests, so far
 
     # ---- event-loop side -------------------------------------------------------------
 
@@ -117,12 +125,22 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        """Submitted, not yet in the batch (in the inbox, or held for memory)."""
-        return self._inbox + len(self._held)
+        """Live requests submitted, not yet in the batch (in the inbox, or held for memory)."""
+        return self._inbox + sum(1 for g in list(self._held) if not g.background)
+
+    @property
+    def batch_running(self) -> int:
+        """Batch rows in the batch (of `running`)."""
+        return sum(1 for g in list(self._active.values()) if g.background)
+
+    @property
+    def batch_waiting(self) -> int:
+        """Batch rows submitted and held until live requests leave a row free."""
+        return sum(1 for g in list(self._held) if g.background)
 
     @property
     def waiting_for_memory(self) -> int:
-        return len(self._held)
+        return self.waiting - self._inbox
 
     @property
     def kv_budget(self) -> int:
@@ -454,16 +472,15 @@ class Engine:
         return self._room(self._reserved_bytes())
 
     def _admit(self, batch: BatchGenerator) -> None:
-        """Moves waiting requests into the batch, first come first served, while their worst
-        case fits beside the running ones, this model's and the other loaded models' (and their
-        prompt caches, which give up entries to make room: this one's at once, the others' when
-        asked). While one must wait for another model, that model wakes this engine when its
+        """Moves waiting requests into the batch, first come first served (live requests before
+        batch rows), while their worst case fits beside the running ones, this model's and the
+        other loaded models' (and their prompt caches, which give up entries to make room: this
+        one's at once, the others' when asked); batch rows of this model give way to live
+        requests. While one must wait for another model, that model wakes this engine when its
         claims shrink."""
-        while self._held:
-            generation = self._held[0]
-            if generation.finished:  # cancelled while waiting
-                self._held.popleft()
-                continue
+        while (generation := self._next_held()) is not None:
+            if not generation.background:
+                self._make_way(batch, generation)
             needed = self._reserved_bytes(generation)
             if self._active and needed > self.kv_budget:
                 return  # wait until this model's running requests finish
@@ -475,9 +492,37 @@ class Engine:
             if short > 0:
                 self.kv.wait(self, short)  # until the other models' prompt caches give up that much
                 return
-            self._held.popleft()
+            self._held.remove(generation)
             self.prompt_cache.trim_to(self._room(needed))
             self._insert(batch, generation)
+            self._claim()
+
+    def _next_held(self) -> Generation | None:
+        """The first live request waiting; else the first batch row, when the batch has a row
+        free (batch rows never queue inside the BatchGenerator, where live ones would wait
+        behind them)."""
+        while self._held and self._held[0].finished:  # cancelled while waiting
+            self._held.popleft()
+        live = next((g for g in self._held if not g.background and not g.finished), None)
+        if live is not None or not self._held:
+            return live
+        return self._held[0] if len(self._active) < self.settings.max_batch_size else None
+
+    def _make_way(self, batch: BatchGenerator, live: Generation) -> None:
+        """Takes batch rows out of the batch, youngest first (the least work lost), while the
+        live request would find the batch full or its KV cache would not fit (with
+        batch_preemption off, it waits for batch rows to end instead)."""
+        while self.settings.batch_preemption and (len(self._active) >= self.settings.max_batch_size or (
+                self._active and self._reserved_bytes(live) > self.kv_budget)):
+            youngest = next((g for g in reversed(self._active.values()) if g.background), None)
+            if youngest is None:
+                return
+            self.gave_way += 1
+            batch.remove([youngest.uid])
+            del self._active[youngest.uid]
+            for waiting in [youngest, *youngest.followers]:  # the line runs again, all its choices
+                waiting._deliver(Finished("gave_way"))
+            youngest.followers = []
             self._claim()
 
     def _insert(self, batch: BatchGenerator, generation: Generation) -> None:

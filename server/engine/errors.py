@@ -30,3 +30,8 @@ class SchemaUnusable(EngineError):
 
 class StructuredOutputUnavailable(EngineError):
     """This model can't do structured output at all (no usable tokenizer.json)."""
+
+
+class GaveWay(EngineError):
+    """A batch row was taken out of the batch to make room for a live request (engine.py's
+    admission); the batch runner runs that line again later, from the prompt cache."""

@@ -10,21 +10,27 @@ import functools
 import logging
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.sample_utils import greedy_sampler
 
+from server.engine.errors import GaveWay
 from server.engine.logprobs import LogprobCapture, Scored
 from server.engine.sampling import SamplingParams, make_request_sampler
 from server.plumbing import metrics
 
 log = logging.getLogger("swallow.engine")
 
+# Work submitted while this is True is batch work (server/batches/ sets it around each line): the
+# engine admits it only into rows live requests leave, and takes it out again when they need them.
+BACKGROUND: ContextVar[bool] = ContextVar("swallow_background", default=False)
+
 
 @dataclass
 class Finished:
-    reason: str  # "stop" (a stop token was generated), "length", "cancelled" or "error"
+    reason: str  # "stop" (a stop token was generated), "length", "cancelled", "error" or "gave_way"
     error: str | None = None
 
 
@@ -60,6 +66,7 @@ class Generation:
     row_processors: list = field(default_factory=list)
     host_controls: list = field(default_factory=list)  # reply controls in host mode (reasoning_control.py)
     rejoining: bool = False  # engine thread: back in the batch to read forced tokens
+    background: bool = field(default_factory=BACKGROUND.get)  # batch work: live requests come first
 
     @functools.cached_property
     def watchers(self) -> list:
@@ -73,7 +80,8 @@ class Generation:
                 metrics.ENGINE_ENDS.labels(self.engine.name, item.reason).inc()
 
     async def events(self):
-        """Yields generated token ids, then one Finished."""
+        """Yields generated token ids, then one Finished. Raises GaveWay when this batch row
+        was taken out of the batch for a live request."""
         while True:
             for item in await self.output.get():  # what one engine step delivered
                 if self.first_token_at is None and not isinstance(item, Finished):
@@ -81,6 +89,9 @@ class Generation:
                 if isinstance(item, Scored):
                     self.scores.append(item)
                     item = item.token
+                if isinstance(item, Finished) and item.reason == "gave_way":
+                    self.finished = True
+                    raise GaveWay("this batch row gave way to a live request", code="gave_way")
                 yield item
                 if isinstance(item, Finished):
                     self.finished = True

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import PydanticUserError, TypeAdapter
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("swallow.errors")
@@ -166,7 +166,17 @@ def _location(loc: tuple, schema: dict | None = None) -> str:
 
 
 def _validation_message(exc: RequestValidationError, schema: dict | None = None) -> tuple[str, str | None]:
-    errors = exc.errors()
+    return validation_problem(exc.errors(), schema)
+
+
+def body_problem(model: type, error: ValidationError) -> tuple[str, str | None]:
+    """(message, param) for a body validated outside a route (a batch line's): the words a route
+    that validates `model` would have answered with."""
+    return validation_problem([{**e, "loc": ("body", *e["loc"])} for e in error.errors()], _core_schema(model))
+
+
+def validation_problem(errors: list, schema: dict | None = None) -> tuple[str, str | None]:
+    """(message, param) for pydantic's errors of a request (locations from "body", "query"...)."""
     if not errors:
         return "Invalid request.", None
     if errors[0].get("type") == "json_invalid":

@@ -25,6 +25,10 @@
   return JSON that doesn't match (token limit reached mid-JSON, or a broken reply)
 - swallow_undeclared_tool_calls_total: calls the model wrote to tools the request never declared,
   delivered as text (no client can act on them)
+- the Batch API (server/batches/): swallow_batches{status}, swallow_batch_lines_pending,
+  swallow_batch_lines_in_flight, swallow_batch_lines_total{result}; per model
+  swallow_engine_batch_sequences / swallow_engine_batch_waiting (batch rows in the batch, and held
+  for a free row) and swallow_batch_rows_gave_way_total (rows taken out for live requests)
 - swallow_tool_calls_total{source,outcome}, swallow_tool_call_duration_seconds{source},
   swallow_tool_result_bytes_total{source}: calls the server ran itself (server/turn/loop.py), by the
   source's label (an MCP server's name) and outcome (ok, error, timeout, cancelled, unavailable, refused)
@@ -54,7 +58,7 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 disable_created_metrics()  # no *_created series beside every counter and histogram
@@ -102,6 +106,10 @@ STRUCTURED_FAILURES = Counter("swallow_structured_output_failures", "Structured-
                               "instead of returning non-conforming JSON", registry=REGISTRY)
 UNDECLARED_CALLS = Counter("swallow_undeclared_tool_calls", "Tool calls the model wrote to a tool the request "
                            "did not declare, delivered as text instead", registry=REGISTRY)
+BATCH_LINES = Counter("swallow_batch_lines", "Batch lines answered, by result (succeeded: the endpoint answered "
+                      "2xx; failed: an error answer)", ["result"], registry=REGISTRY)
+for _result in ("succeeded", "failed"):
+    BATCH_LINES.labels(_result)
 TOOL_CALLS = Counter("swallow_tool_calls", "Tool calls the server ran itself, by source and outcome (ok, error, "
                      "timeout, cancelled, unavailable, refused)", ["source", "outcome"], registry=REGISTRY)
 TOOL_SECONDS = Histogram("swallow_tool_call_duration_seconds", "How long the server's own tool calls took",
@@ -155,6 +163,10 @@ class ModelGauges(Collector):
          lambda e: e.memory_stats()["kv_reserved_bytes"]),
         ("swallow_kv_budget_bytes", "Memory the KV caches may use (running requests and the prompt cache)",
          lambda e: e.kv_budget),
+        ("swallow_engine_batch_sequences", "Batch lines' rows in the model's batch (of swallow_engine_sequences)",
+         lambda e: e.batch_running),
+        ("swallow_engine_batch_waiting", "Batch lines submitted, held until live requests leave a row free",
+         lambda e: e.batch_waiting),
     )
 
     def __init__(self, registry):
@@ -179,6 +191,43 @@ class ModelGauges(Collector):
                 if slot.state is not None:
                     family.add_metric([slot.name], read(slot.state.engine))
             yield family
+        gave_way = CounterMetricFamily("swallow_batch_rows_gave_way", "Batch rows the engine took out of its batch "
+                                       "for live requests (each runs again)", labels=["model"])
+        for slot in slots:
+            if slot.state is not None:
+                gave_way.add_metric([slot.name], slot.state.engine.gave_way)
+        yield gave_way
+
+
+class BatchGauges(Collector):
+    """The Batch API's batches by status and their lines, read at each scrape."""
+
+    def __init__(self, read):
+        self.read = read  # () -> the batch runner's description (server/batches/runner.py)
+
+    def collect(self):
+        now = self.read()
+        batches = GaugeMetricFamily("swallow_batches", "Batches by status (validating, in_progress, cancelling, "
+                                    "finalizing, completed, failed, cancelled, expired)", labels=["status"])
+        for status, count in now["by_status"].items():
+            batches.add_metric([status], count)
+        yield batches
+        yield GaugeMetricFamily("swallow_batch_lines_pending", "Lines of the batches in progress not answered yet",
+                                value=now["lines_total"] - now["lines_done"])
+        yield GaugeMetricFamily("swallow_batch_lines_in_flight", "Batch lines being answered now",
+                                value=now["lines_in_flight"])
+
+
+_batches: BatchGauges | None = None
+
+
+def bind_batches(describe) -> None:
+    """Point the batch gauges at the batch runner (bind again replaces them)."""
+    global _batches
+    if _batches is not None:
+        REGISTRY.unregister(_batches)
+    _batches = BatchGauges(describe)
+    REGISTRY.register(_batches)
 
 
 _models: ModelGauges | None = None
@@ -188,11 +237,12 @@ class TurnWatch:
     """One assistant turn's numbers: created when the turn starts, told of every generated
     token, closed when it stops listening, told how it ended."""
 
-    def __init__(self, prompt_tokens: int, model: str, continued: bool = False):
+    def __init__(self, prompt_tokens: int, model: str, continued: bool = False, timed: bool = True):
         """`continued`: a later round of a turn (after a tool the server ran): its first token is not
-        the request's first, so it is no time-to-first-token."""
+        the request's first, so it is no time-to-first-token. `timed` False: tokens counted, times
+        not (a batch line's: it waits for live requests on purpose)."""
         self.model = model
-        self.continued = continued
+        self.continued, self.timed = continued, timed
         PROMPT_TOKENS.labels(model).inc(prompt_tokens)
         # this model's series, looked up once rather than at every token
         self._first = FIRST_TOKEN_SECONDS.labels(model)
@@ -204,10 +254,9 @@ class TurnWatch:
 
     def token(self) -> None:
         now = time.perf_counter()
-        if self.last is None:
-            if not self.continued:
-                self._first.observe(now - self.start)
-        else:
+        if self.timed and self.last is None and not self.continued:
+            self._first.observe(now - self.start)
+        elif self.timed and self.last is not None:
             self._between.observe(now - self.last)
         self.last = now
         self._completion.inc()

@@ -15,9 +15,9 @@
    (or Ollama's /api/*) from any other origin gets 403 (CORS headers alone would let it run, unread).
 4. ApiKey (only with an api_key): /v1/* and /api/* (and /metrics, with metrics_public = false) want
    `Authorization: Bearer <key>` or `x-api-key`, else 401.
-5. Gate: bodies over max_body_mb get 413; a lone surrogate in a JSON string, JSON nested
-   more than MAX_DEPTH levels, or text the tokenizer would take too long over (text_runs.py)
-   gets 400; generating endpoints go through admission
+5. Gate: bodies over max_body_mb (max_file_mb for the Batch API's uploads) get 413; a lone
+   surrogate in a JSON string, JSON nested more than MAX_DEPTH levels, or text the tokenizer would
+   take too long over (text_runs.py) gets 400; generating endpoints go through admission
    (server/plumbing/admission.py): a slot, a place in the queue (the client leaving frees it), or 429.
 
 All are plain ASGI middleware: no BaseHTTPMiddleware, so streams pass through unbuffered and
@@ -47,6 +47,7 @@ access_log = logging.getLogger("swallow.access")
 
 GENERATING = {"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages", "/api/chat",
               "/api/generate"}
+UPLOADS = {"/v1/files", "/v1/messages/batches"}  # bodies up to max_file_mb: a batch's requests
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 METHODS = {"GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"}  # others: "other" in metrics
@@ -60,7 +61,8 @@ REASON_LENGTH = 120  # characters of an error message the access log shows
 
 def install(app, settings: Settings, admission: Admission) -> None:
     """Add the middleware; Starlette runs the last added outermost."""
-    app.add_middleware(Gate, admission=admission, max_body=settings.max_body_mb * 2**20)
+    app.add_middleware(Gate, admission=admission, max_body=settings.max_body_mb * 2**20,
+                       max_upload=max(settings.max_file_mb, settings.max_body_mb) * 2**20)
     if settings.api_key:
         app.add_middleware(ApiKey, key=settings.api_key, metrics=not settings.metrics_public)
     allowed = origin_regex(settings.cors_origins)
@@ -333,15 +335,17 @@ class ApiKey:
 class Gate:
     """Body size limit, JSON sanity, and admission for the generating endpoints."""
 
-    def __init__(self, app, admission: Admission, max_body: int):
+    def __init__(self, app, admission: Admission, max_body: int, max_upload: int | None = None):
         self.app, self.admission, self.max_body = app, admission, max_body
+        self.max_upload = max_upload or max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        limit = self.max_upload if scope.get("path") in UPLOADS else self.max_body
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._too_large(send, scope)
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._too_large(send, scope, limit)
         ticket = None
         if scope.get("path") in GENERATING:
             try:
@@ -353,12 +357,13 @@ class Gate:
                     "Retry after a moment.", type="rate_limit_error", code="server_busy",
                     headers=[(b"retry-after", wait)])
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, limit)
             if body is None:
-                return await self._too_large(send, scope)
+                return await self._too_large(send, scope, limit)
             if body is False:
                 return  # the client left while sending
-            problem = json_problem(body)
+            form = (_header(scope, b"content-type") or b"").startswith(b"multipart/")
+            problem = None if form else json_problem(body)
             if problem:
                 return await send_error(send, scope, 400, problem)
             slow = slow_to_tokenize(body)  # before it could hold the event loop for minutes
@@ -371,7 +376,7 @@ class Gate:
             if ticket is not None:
                 self.admission.leave(ticket)
 
-    async def _read_body(self, receive) -> bytes | None | bool:
+    async def _read_body(self, receive, limit: int) -> bytes | None | bool:
         """The whole body; None when it is over the limit; False when the client left."""
         chunks, size = [], 0
         while True:
@@ -380,7 +385,7 @@ class Gate:
                 return False
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -401,9 +406,10 @@ class Gate:
                     return False
         return True
 
-    async def _too_large(self, send, scope) -> None:
+    async def _too_large(self, send, scope, limit: int) -> None:
+        setting = "max_file_mb" if limit == self.max_upload and scope.get("path") in UPLOADS else "max_body_mb"
         await send_error(send, scope, 413, f"The request body is larger than this server's limit of "
-                         f"{self.max_body // 2**20} MiB (max_body_mb).", code="request_too_large",
+                         f"{limit // 2**20} MiB ({setting}).", code="request_too_large",
                          headers=[(b"connection", b"close")])
 
 

@@ -19,16 +19,19 @@ async def serving(request: Request, name: str | None, keep_alive=None) -> Server
     """The loaded model this request names (loading it if it must), held for the request."""
     registry = request.app.state.registry
     slot = registry.find(name)
-    if keep_alive is None:
-        wait = UNCHANGED
-    else:
-        try:
-            wait = keep_alive_seconds(keep_alive)
-        except ValueError as e:
-            raise invalid_request(str(e), param="keep_alive") from None
-    state = await registry.acquire(slot, wait)
+    state = await registry.acquire(slot, idle_time(keep_alive))
     request.scope.setdefault("state", {}).setdefault(RELEASES, []).append(lambda: registry.release(slot))
     return state
+
+
+def idle_time(keep_alive):
+    """A request's `keep_alive` as `Registry.acquire` takes it; 400 for one that isn't a duration."""
+    if keep_alive is None:
+        return UNCHANGED
+    try:
+        return keep_alive_seconds(keep_alive)
+    except ValueError as e:
+        raise invalid_request(str(e), param="keep_alive") from None
 
 
 def facts(request: Request, name: str | None) -> ServerState:

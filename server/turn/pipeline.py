@@ -22,6 +22,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from server.engine.errors import GaveWay
 from server.harmony import render as harmony
 from server.harmony.tools import forced_call_prefix
 from server.plumbing.errors import APIError, invalid_request
@@ -125,6 +126,8 @@ class Turn:
                 ended = ended or isinstance(event, TurnEnd)
                 yield event
             error = "the generation ended without a result"
+        except GaveWay:  # a batch line's row made room for a live request: the line runs again
+            raise
         except Exception as e:
             log.exception("the turn failed")
             error = str(e) or type(e).__name__
@@ -140,8 +143,9 @@ class Turn:
 
     async def collect(self, request) -> tuple[list, TurnEnd]:
         """Every event of the turn and its end, while watching the client: one that hangs up
-        stops the generation (a 499 nobody reads). The events received so far stay in
-        `self.collected`: what was generated before a client left, for an API that keeps it."""
+        stops the generation (a 499 nobody reads), and so does cancelling the caller (a batch
+        line stopped). The events received so far stay in `self.collected`: what was generated
+        before a client left, for an API that keeps it."""
         events = self.collected = []
 
         async def drain():
@@ -151,12 +155,15 @@ class Turn:
                 events.append(event)
 
         task = asyncio.ensure_future(drain())
-        while not task.done():
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if not done and await request.is_disconnected():
-                self.cancel()
-                task.cancel()
-                raise APIError(499, "client disconnected")
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=0.5)
+                if not done and await request.is_disconnected():
+                    raise APIError(499, "client disconnected")
+        except BaseException:  # the client left, or the caller was cancelled: free the row now
+            self.cancel()
+            task.cancel()
+            raise
         return task.result()
 
     def failure(self, end: TurnEnd) -> APIError | None:

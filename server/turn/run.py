@@ -71,7 +71,8 @@ async def run_turn(generation: Generation, encoding, stops: list[str], prefix: l
     The caller also cancels `generation` when it stops listening: a closed async generator's
     cleanup may not get to run when its task is being cancelled."""
     parser = ReplyParser(encoding)
-    watch = metrics.TurnWatch(len(generation.prompt), generation.engine.name, continued)
+    watch = metrics.TurnWatch(len(generation.prompt), generation.engine.name, continued,
+                              timed=not generation.background)
     completion_tokens, finish, error, called = 0, None, None, False
     stop = StopMatcher(stops)
     stop_string, undeclared = None, False

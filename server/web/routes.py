@@ -3,7 +3,7 @@
 - GET /            the chat page (static/index.html)
 - GET /web/{file}  its scripts, styles and vendored libraries (only files of static/)
 - GET /status.json what the status panel shows: the model, memory, running and queued requests,
-                   the prompt cache and tokens/s over the last minutes
+                   the prompt cache, tokens/s over the last minutes and the batches in progress
 
 None of these is under /v1, so like /health and /metrics they need no API key; the page sends the
 key (asked for once, kept in the browser) with its /v1 requests. The page is same-origin, so the
@@ -93,7 +93,17 @@ def status(request: Request) -> dict:
         },
         "tokens": {"prompt": int(prompt), "completion": int(completion)},
         "tokens_per_second": history,
+        "batches": _batches(request.app),
     }
+
+
+def _batches(app) -> dict:
+    """The Batch API's batches in progress (server/batches/): each one's lines done, and the totals."""
+    running = app.state.batch_store.running_batches()
+    return {**app.state.batch_runner.describe(),
+            "in_progress": [{"id": b.id, "status": b.status, "endpoint": b.endpoint, "total": b.total,
+                             "completed": b.succeeded, "failed": b.failed, "output_tokens": b.output_tokens,
+                             "created_at": b.created_at} for b in running]}
 
 
 def _total(name: str, where=lambda labels: True) -> float:

@@ -44,17 +44,30 @@ def _sse(payload: dict) -> str:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
+    if not body.stream:
+        return await chat_completion(state, body, request)
+    resolved = await resolve_turn(request, translate(body), state.settings)
+    turns = await open_turns(state, resolved)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    lines = not resolved.reasoning.exclude  # the server's calls as lines of the reasoning
+    return StreamingResponse(_stream(state, turns, _meta(state), resolved.tools.names, include_usage,
+                                     resolved.logprobs, lines),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _meta(state) -> dict:
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
+
+
+async def chat_completion(state, body: ChatCompletionRequest, request) -> dict:
+    """The non-stream answer's body: the route's, and a batch line's (server/batches/; `request` is
+    then api/batch_endpoints.py's stand-in for one)."""
     resolved = await resolve_turn(request, translate(body), state.settings)
     turns = await open_turns(state, resolved)
     names = resolved.tools.names
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.model_id}
+    meta = _meta(state)
     top_n = resolved.logprobs
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        lines = not resolved.reasoning.exclude  # the server's calls as lines of the reasoning
-        return StreamingResponse(_stream(state, turns, meta, names, include_usage, top_n, lines),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         results = await asyncio.gather(*(turn.collect(request) for turn in turns))
     finally:

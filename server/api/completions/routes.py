@@ -169,17 +169,28 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+def _meta(state) -> dict:
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": state.model_id}
+
+
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
+    if not body.stream:
+        return await text_completion(state, body, request)
     choices, prompts = _choices(state, body)
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": state.model_id}
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(choices, prompts, meta, include_usage, body.logprobs is not None),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(_stream(choices, prompts, _meta(state), include_usage, body.logprobs is not None),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def text_completion(state, body: CompletionRequest, request) -> dict:
+    """The non-stream answer's body: the route's, and a batch line's (server/batches/; `request` is
+    then api/batch_endpoints.py's stand-in for one)."""
+    choices, prompts = _choices(state, body)
+    meta = _meta(state)
 
     async def collect(choice: Choice):
         whole, end = Piece(), None
@@ -197,9 +208,11 @@ async def completions(body: CompletionRequest, request: Request):
         while not task.done():
             done, _ = await asyncio.wait({task}, timeout=0.5)
             if not done and await request.is_disconnected():
-                task.cancel()
                 raise APIError(499, "client disconnected")
         results = task.result()
+    except BaseException:  # the client left, or the caller was cancelled
+        task.cancel()
+        raise
     finally:
         for choice in choices:
             if choice.generation is not None:

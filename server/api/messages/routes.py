@@ -35,6 +35,12 @@ def _sse(event: dict) -> str:
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
+    return await reply(state, body, request)
+
+
+async def reply(state, body: MessagesRequest, request):
+    """The message, streamed or not: the route's, and a batch line's (Message Batches,
+    batches.py; not streamed, `request` then api/batch_endpoints.py's stand-in for one)."""
     resolved = await resolve_turn(request, translate(body), state.settings)
     (turn,) = await open_turns(state, resolved)
     message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",

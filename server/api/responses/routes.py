@@ -48,8 +48,13 @@ def _not_found(response_id: str) -> APIError:
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request):
     state = await serving(request, body.model, body.keep_alive)
+    return await respond(state, body, _store(request), request)
+
+
+async def respond(state, body: ResponsesRequest, store: ResponseStore, request):
+    """The response, streamed or not: the route's, and a batch line's (server/batches/; not
+    streamed, `request` then api/batch_endpoints.py's stand-in for one)."""
     settings = state.settings
-    store = _store(request)
     history = []
     if body.previous_response_id:
         stored = store.conversation(body.previous_response_id)

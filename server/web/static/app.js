@@ -39,6 +39,7 @@ const STRINGS = {
     noAnswer: "The server does not answer.",
     tools: "Tools (MCP servers)", toolArguments: "Arguments", toolResult: "Result", toolError: "Error",
     toolRunning: "running…",
+    batches: "Batches", batchesNone: "none in progress", batchesRunning: "{n} in progress · {d} of {t} lines",
   },
   ja: {
     newChatButton: "＋ 新しいチャット", newChat: "新しいチャット", conversations: "会話", delete: "削除",
@@ -62,6 +63,7 @@ const STRINGS = {
     noAnswer: "サーバーが応答しません。",
     tools: "ツール（MCP サーバー）", toolArguments: "引数", toolResult: "結果", toolError: "エラー",
     toolRunning: "実行中…",
+    batches: "バッチ", batchesNone: "実行中なし", batchesRunning: "{n} 件実行中 · {t} 行中 {d} 行完了",
   },
 };
 
@@ -577,6 +579,11 @@ async function pollStatus() {
     $("status-cache").textContent = t("cacheEntries", { n: c.entries, b: bytes(c.bytes), t: bytes(c.budget_bytes) });
     $("status-hit-rate").textContent = t("hitRates", { a: percent(c.hit_rate), b: percent(c.token_hit_rate) });
     $("status-tokens").textContent = t("tokensTotal", { c: s.tokens.completion.toLocaleString(), p: s.tokens.prompt.toLocaleString() });
+    const b = s.batches;
+    $("status-batches").textContent = b.running
+      ? t("batchesRunning", { n: b.running, d: b.lines_done.toLocaleString(), t: b.lines_total.toLocaleString() })
+      : t("batchesNone");
+    $("status-batches").title = b.in_progress.map((x) => `${x.id} ${x.status} ${x.completed + x.failed}/${x.total}`).join("\n");
     drawChart(s.tokens_per_second);
   } catch (error) {
     $("status-error").textContent = t("noAnswer");
