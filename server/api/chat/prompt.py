@@ -3,14 +3,17 @@
 System and developer messages become the developer message's instructions; user turns,
 assistant turns (answer, reasoning, tool calls) and tool results become harmony messages.
 Which old reasoning is shown again is decided in harmony/render.py, the same for every API.
+`builtin_tools` (or OpenAI's `web_search_options`, for the browser) turns on the built-ins the server
+runs; `metadata.conversation_id` names the conversation whose python interpreter it uses.
 """
 
 from server.api.chat.schema import ChatCompletionRequest
 from server.api.reasoning import asked_effort, reasoning_ask
+from server.api.server_tools import named
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.tools.toolbox import ServerAsk
+from server.tools.toolbox import BuiltinAsk, ServerAsk
 from server.turn.request import (
     FormatAsk,
     ToolChoice,
@@ -34,6 +37,18 @@ def servers(body: ChatCompletionRequest) -> tuple[ServerAsk, ...] | None:
                            param=f"tools[{i}]")
                  for i, t in enumerate(body.tools or []) if t.type == "mcp")
     return asks or None
+
+
+def builtins(body: ChatCompletionRequest) -> BuiltinAsk:
+    """The built-ins the request turns on (none said: those on by default), and its conversation's name."""
+    given = (body.metadata or {}).get("conversation_id")
+    conversation = named(str(given)) if given else ""
+    if body.builtin_tools is None and body.web_search_options is None:
+        return BuiltinAsk(conversation=conversation, defaults=True)
+    names = set(body.builtin_tools or ())
+    browser = "builtin_tools" if "browser" in names else "web_search_options" if body.web_search_options is not None else None
+    return BuiltinAsk(browser=browser, python="builtin_tools" if "python" in names else None,
+                      conversation=conversation)
 
 
 def tool_choice(body: ChatCompletionRequest) -> ToolChoice:
@@ -97,6 +112,7 @@ def translate(body: ChatCompletionRequest) -> TurnRequest:
         tools=declared,
         tool_choice=tool_choice(body),
         servers=servers(body),
+        builtins=builtins(body),
         effort=asked_effort(body),
         sampling=sampling_given(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,

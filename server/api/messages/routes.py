@@ -84,5 +84,6 @@ async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
     state = facts(request, body.model)
     turn = translate(body)
-    resolved = await resolve_turn(request, turn, state.settings) if turn.servers else resolve(turn, state.settings)
+    wants_tools = turn.servers or turn.builtins.asked()
+    resolved = await resolve_turn(request, turn, state.settings) if wants_tools else resolve(turn, state.settings)
     return {"input_tokens": len(render(state, resolved).tokens)}
