@@ -32,19 +32,25 @@ def tools(body: ChatCompletionRequest) -> tuple[ToolDef, ...]:
 
 def servers(body: ChatCompletionRequest) -> tuple[ServerAsk, ...] | None:
     """The MCP servers the request turns on (`{"type": "mcp", "server_label": …}` tools); None when
-    it names none: then the servers configured with `default = true` are on."""
+    it names no server-run tool at all: then the servers configured with `default = true` are on."""
     asks = tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.headers or {},
                            param=f"tools[{i}]")
                  for i, t in enumerate(body.tools or []) if t.type == "mcp")
-    return asks or None
+    return asks if asks or names_builtins(body) else None
+
+
+def names_builtins(body: ChatCompletionRequest) -> bool:
+    return body.builtin_tools is not None or body.web_search_options is not None
 
 
 def builtins(body: ChatCompletionRequest) -> BuiltinAsk:
-    """The built-ins the request turns on (none said: those on by default), and its conversation's name."""
+    """The built-ins the request turns on, and its conversation's name. One that names no server-run
+    tool at all (no mcp tools either) gets those on by default (browser_default, python_default)."""
     given = (body.metadata or {}).get("conversation_id")
     conversation = named(str(given)) if given else ""
-    if body.builtin_tools is None and body.web_search_options is None:
-        return BuiltinAsk(conversation=conversation, defaults=True)
+    if not names_builtins(body):
+        mcp_named = any(t.type == "mcp" for t in body.tools or [])
+        return BuiltinAsk(conversation=conversation, defaults=not mcp_named)
     names = set(body.builtin_tools or ())
     browser = "builtin_tools" if "browser" in names else "web_search_options" if body.web_search_options is not None else None
     return BuiltinAsk(browser=browser, python="builtin_tools" if "python" in names else None,
