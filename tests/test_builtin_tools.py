@@ -208,6 +208,7 @@ def test_messages_shows_server_tool_use_and_cited_text_blocks(server, site, pyth
     assert first_quote.cited_text.startswith("今日の東京は晴れです。最高気温は25度")  # the line it cites (L2)
     assert second_quote.cited_text.startswith("明日は午後から雨が降る見込みです。")  # of the find page, cursor 2
     assert texts[2].citations is None
+    assert (message.usage.server_tool_use.web_search_requests, message.usage.server_tool_use.web_fetch_requests) == (1, 2)
 
     with claude(server).messages.stream(**ask) as stream:
         events = list(stream)

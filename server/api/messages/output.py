@@ -45,18 +45,23 @@ def stop_reason(end: TurnEnd) -> str:
     return "stop_sequence" if end.stop_string is not None else STOP_REASONS.get(end.finish_reason, "end_turn")
 
 
-def usage(end: TurnEnd | None, prompt_tokens: int) -> dict:
-    """Anthropic counts cache reads apart from `input_tokens` (the prompt is their sum)."""
+def usage(end: TurnEnd | None, prompt_tokens: int, server_tool_use: dict | None = None) -> dict:
+    """Anthropic counts cache reads apart from `input_tokens` (the prompt is their sum); the browser's
+    searches and fetches are counted in `server_tool_use` when there were any."""
     cached = end.cached_tokens if end else 0
-    return {"input_tokens": (end.prompt_tokens if end else prompt_tokens) - cached,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
-            "output_tokens": end.completion_tokens if end else 0}
+    counted = {"input_tokens": (end.prompt_tokens if end else prompt_tokens) - cached,
+               "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+               "output_tokens": end.completion_tokens if end else 0}
+    if server_tool_use and any(server_tool_use.values()):
+        counted["server_tool_use"] = dict(server_tool_use)
+    return counted
 
 
 class ContentBuilder:
     def __init__(self, names: ToolNames):
         self.names = names
         self.blocks: list[dict] = []  # finished blocks
+        self.server_tool_use = {"web_search_requests": 0, "web_fetch_requests": 0}  # the browser's calls
         self._block: dict | None = None  # the block being generated
         self._text: list[str] = []
 
@@ -132,6 +137,8 @@ class ContentBuilder:
         if event.kind != "server_result":
             return []
         name, tool_input, result = _builtin_blocks(call)
+        if name != "code_execution":
+            self.server_tool_use[f"{name}_requests"] += 1
         use = {"type": "server_tool_use", "id": f"srvtoolu_{uuid.uuid4().hex[:24]}", "name": name, "input": {}}
         result["tool_use_id"] = use["id"]
         events = [{"type": "content_block_start", "index": len(self.blocks), "content_block": dict(use)},
