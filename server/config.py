@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 log = logging.getLogger("swallow.config")
 
@@ -255,12 +263,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     "distributed": ("distributed_timeout",),
     "tools": ("tool_max_rounds", "tool_timeout", "tool_max_result_kb", "mcp_connect_timeout", "mcp_request_servers"),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
-    "browser": ("browser_tool", "browser_default", "browser_search_backend", "browser_searxng_url", "browser_max_results",
-                "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout", "browser_max_redirects",
-                "browser_allowed_hosts"),
-    "python": ("python_tool", "python_default", "python_timeout", "python_memory_mb", "python_max_processes", "python_max_output_kb",
-               "python_max_disk_mb", "python_idle_timeout", "python_max_interpreters", "python_work_dir",
-               "python_executable", "python_unsandboxed_i_understand_the_risk"),
+    "browser": ("browser_tool", "browser_default", "browser_search_backend", "browser_searxng_url",
+                "browser_max_results", "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout",
+                "browser_max_redirects", "browser_allowed_hosts"),
+    "python": ("python_tool", "python_default", "python_timeout", "python_memory_mb", "python_max_processes",
+               "python_max_output_kb", "python_max_disk_mb", "python_idle_timeout", "python_max_interpreters",
+               "python_work_dir", "python_executable", "python_unsandboxed_i_understand_the_risk"),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
 

@@ -7,7 +7,6 @@ runs code twice in one interpreter; where a result holds a trigger of its own, t
 trigger's, so the answer proves that the result reached the model.
 """
 
-import json
 import shutil
 import sys
 
@@ -71,7 +70,8 @@ class Cited:
         self.link = f"([127.0.0.1:{site.port}]({self.url}))"  # no space before it after Japanese
         first = f"今日の東京は晴れです{self.link}"
         self.text = f"{first}。明日は午後から雨が降る見込みです{self.link}。"
-        self.spans = [(len(first) - len(self.link), len(first)), (len(self.text) - 1 - len(self.link), len(self.text) - 1)]
+        end = len(self.text) - 1  # before the last 。
+        self.spans = [(len(first) - len(self.link), len(first)), (end - len(self.link), end)]
 
 
 def claude(server) -> anthropic.Anthropic:
@@ -155,8 +155,9 @@ def test_chat_completions_shows_the_calls_and_the_citations(server, site, python
                        json={"messages": [{"role": "user", "content": BROWSE_QUESTION}]}).json()
     message = reply["choices"][0]["message"]
     assert message["content"] == cited.text
-    assert message["annotations"] == [{"type": "url_citation", "url_citation": {
-        "url": cited.url, "title": "東京の天気", "start_index": start, "end_index": end}} for start, end in cited.spans]
+    assert message["annotations"] == [
+        {"type": "url_citation", "url_citation": {"url": cited.url, "title": "東京の天気", "start_index": start,
+                                                  "end_index": end}} for start, end in cited.spans]
     calls = message["server_tool_calls"]
     assert [(c["type"], c["server"], c["name"], c["action"]["type"]) for c in calls] == \
         [("browser", "browser", "search", "search"), ("browser", "browser", "open", "open_page"),
@@ -204,11 +205,13 @@ def test_messages_shows_server_tool_use_and_cited_text_blocks(server, site, pyth
     assert "".join(block.text for block in texts) == cited.text
     assert [block.text.endswith(cited.link) for block in texts] == [True, True, False]  # each cited part ends a block
     first_quote, second_quote = (block.citations[0] for block in texts[:2])
-    assert (first_quote.type, first_quote.url, first_quote.title) == ("web_search_result_location", cited.url, "東京の天気")
+    assert (first_quote.type, first_quote.url, first_quote.title) == \
+        ("web_search_result_location", cited.url, "東京の天気")
     assert first_quote.cited_text.startswith("今日の東京は晴れです。最高気温は25度")  # the line it cites (L2)
     assert second_quote.cited_text.startswith("明日は午後から雨が降る見込みです。")  # of the find page, cursor 2
     assert texts[2].citations is None
-    assert (message.usage.server_tool_use.web_search_requests, message.usage.server_tool_use.web_fetch_requests) == (1, 2)
+    counted = message.usage.server_tool_use
+    assert (counted.web_search_requests, counted.web_fetch_requests) == (1, 2)
 
     with claude(server).messages.stream(**ask) as stream:
         events = list(stream)
@@ -225,11 +228,12 @@ def test_messages_shows_server_tool_use_and_cited_text_blocks(server, site, pyth
 
     # python as Anthropic's code execution, named by metadata.user_id: a later request finds x again,
     # with the earlier reply's blocks sent back as they came
-    run = {"model": CLAUDE, "max_tokens": 1024, "tools": [{"type": "code_execution_20250825", "name": "code_execution"}],
-           "metadata": {"user_id": "user_test_session_42"}}
+    run = {"model": CLAUDE, "max_tokens": 1024, "metadata": {"user_id": "user_test_session_42"},
+           "tools": [{"type": "code_execution_20250825", "name": "code_execution"}]}
     computed = claude(server).messages.create(messages=[{"role": "user", "content": PYTHON_QUESTION}], **run)
     use, result = computed.content[1:3]
-    assert (use.name, use.input, result.type) == ("code_execution", {"code": "x = 6 * 7\nx"}, "code_execution_tool_result")
+    assert (use.name, use.input) == ("code_execution", {"code": "x = 6 * 7\nx"})
+    assert result.type == "code_execution_tool_result"
     assert (result.content.stdout, result.content.return_code) == ("42\n", 0)
     assert computed.content[-1].text == PYTHON_ANSWER
     history = [{"role": "user", "content": PYTHON_QUESTION},
@@ -267,10 +271,11 @@ def test_a_builtin_call_where_it_is_off_still_ends_in_an_answer(server, scripted
     assert quiet.output_text == MISSING_TOOL_ANSWER
     refused = httpx.post(f"{scripted_server.url}/v1/responses", timeout=30, json={
         "input": "hi", "tools": [{"type": "function", "name": "f"}, {"type": "code_interpreter", "container": "cntr_1"}]})
-    assert refused.status_code == 400
-    assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == ("tools[1]", "builtin_tool_unavailable")
+    error = refused.json()["error"]
+    assert (refused.status_code, error["param"], error["code"]) == (400, "tools[1]", "builtin_tool_unavailable")
     with pytest.raises(anthropic.BadRequestError, match="does not run the browser"):
-        claude(scripted_server).messages.create(model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+        claude(scripted_server).messages.create(model=CLAUDE, max_tokens=64,
+                                                messages=[{"role": "user", "content": "hi"}],
                                                 tools=[{"type": "web_search_20250305", "name": "web_search"}])
 
 

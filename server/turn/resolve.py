@@ -137,8 +137,8 @@ def resolve(request: TurnRequest, settings, toolset: Toolset = EMPTY) -> Resolve
         raise invalid_request("stop strings can't be combined with structured output: they would cut the JSON",
                               param="stop")
     server_tools = toolset if request.tool_choice.kind != "none" else EMPTY
-    prompt = harmony.Prompt(effort=EFFORTS[request.effort or settings.reasoning_effort], instructions=request.instructions,
-                            tools=list(tools.shown), messages=list(request.messages),
+    prompt = harmony.Prompt(effort=EFFORTS[request.effort or settings.reasoning_effort],
+                            instructions=request.instructions, tools=list(tools.shown), messages=list(request.messages),
                             namespaces=server_tools.namespaces(), system_tools=server_tools.system_namespaces())
     given = request.response_format
     if response_format is not None and response_format.type == "json_schema":

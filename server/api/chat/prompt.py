@@ -52,7 +52,8 @@ def builtins(body: ChatCompletionRequest) -> BuiltinAsk:
         mcp_named = any(t.type == "mcp" for t in body.tools or [])
         return BuiltinAsk(conversation=conversation, defaults=not mcp_named)
     names = set(body.builtin_tools or ())
-    browser = "builtin_tools" if "browser" in names else "web_search_options" if body.web_search_options is not None else None
+    browser = ("builtin_tools" if "browser" in names
+               else "web_search_options" if body.web_search_options is not None else None)
     return BuiltinAsk(browser=browser, python="builtin_tools" if "python" in names else None,
                       conversation=conversation)
 

@@ -15,7 +15,12 @@ its session) names the conversation whose python interpreter the request uses.
 
 import json
 
-from server.api.messages.schema import SERVER_BLOCK_TYPES, MessagesRequest, TextBlock, builtin_of
+from server.api.messages.schema import (
+    SERVER_BLOCK_TYPES,
+    MessagesRequest,
+    TextBlock,
+    builtin_of,
+)
 from server.api.server_tools import named
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames

@@ -49,7 +49,8 @@ async def create_message(body: MessagesRequest, request: Request):
         builder.feed(event)
     builder.finish()
     return {**message, "content": builder.blocks, "stop_reason": stop_reason(end),
-            "stop_sequence": end.stop_string, "usage": usage(end, turn.prompt_tokens, builder.server_tool_use), **turn.fields()}
+            "stop_sequence": end.stop_string, "usage": usage(end, turn.prompt_tokens, builder.server_tool_use),
+            **turn.fields()}
 
 
 async def _stream(turn: Turn, message: dict, builder: ContentBuilder):

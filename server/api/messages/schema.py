@@ -63,7 +63,8 @@ class MCPToolUseBlock(_Block):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
-SERVER_BLOCK_TYPES = ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result")
+SERVER_BLOCK_TYPES = ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
+                      "code_execution_tool_result")
 
 
 class ServerToolBlock(_Block):

@@ -115,7 +115,8 @@ class BrowserSession:
     # ---- the model's call ---------------------------------------------------------------------
     async def call(self, function: str, arguments: str | dict) -> BrowserReply:
         """Run `browser.<function>` with the arguments the model wrote (JSON text or a dict)."""
-        action: dict = {"type": {"search": "search", "open": "open_page", "find": "find_in_page"}.get(function, function)}
+        kind = {"search": "search", "open": "open_page", "find": "find_in_page"}.get(function, function)
+        action: dict = {"type": kind}
         try:
             if isinstance(arguments, str):
                 try:
