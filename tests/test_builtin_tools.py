@@ -239,8 +239,11 @@ def test_messages_shows_server_tool_use_and_cited_text_blocks(server, site, pyth
     history = [{"role": "user", "content": PYTHON_QUESTION},
                {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in computed.content]},
                {"role": "user", "content": PYTHON_AGAIN}]
-    again = claude(server).messages.create(messages=history, **run)
-    assert again.content[-1].text == PYTHON_STILL_ANSWER
+    with claude(server).messages.stream(messages=history, **run) as stream:  # streamed, this time
+        again = stream.get_final_message()
+    assert [block.type for block in again.content] == ["thinking", "server_tool_use", "code_execution_tool_result",
+                                                       "text"]
+    assert (again.content[2].content.stdout, again.content[-1].text) == (PYTHON_STILL + "\n", PYTHON_STILL_ANSWER)
 
 
 def test_a_builtin_call_where_it_is_off_still_ends_in_an_answer(server, scripted_server):
