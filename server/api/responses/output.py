@@ -334,7 +334,7 @@ class OutputBuilder:
         elif item["type"] == "mcp_call":  # never ran: the reply ended inside it
             item["arguments"] = text
             events = [{"type": "response.mcp_call.failed", **where}]
-        elif item["type"] == "code_interpreter_call":  # never ran: the reply ended inside it
+        elif item["type"] == "code_interpreter_call":  # cut short: the client left before it ran
             item["code"] = text
             events = [{"type": "response.code_interpreter_call_code.done", **where, "code": text}]
             status = "incomplete"
