@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 log = logging.getLogger("swallow.config")
 
@@ -159,6 +167,7 @@ class Settings(BaseModel):
 
     # [browser]: harmony's built-in browser, run by the server (server/tools/browser/; docs/builtin-tools.md)
     browser_tool: bool = False  # offer the model browser.search / open / find
+    browser_default: bool = False  # on for chat completions requests that don't say (builtin_tools)
     browser_search_backend: Literal["searxng", "ddgs"] = "searxng"  # ddgs: pip install 'swallow-server[ddgs]'
     browser_searxng_url: str = ""  # a SearXNG instance with format=json on, e.g. "http://127.0.0.1:8888"
     browser_max_results: int = Field(10, ge=1, le=50)  # search results shown (the model's topn, at most this)
@@ -170,6 +179,7 @@ class Settings(BaseModel):
 
     # [python]: harmony's built-in python, one sandboxed interpreter per conversation (server/tools/python/)
     python_tool: bool = False  # offer the model python (needs bubblewrap on Linux, Seatbelt on macOS)
+    python_default: bool = False  # on for chat completions requests that don't say (builtin_tools)
     python_timeout: float = Field(30, gt=0)  # seconds (wall clock and CPU) one call may run
     python_memory_mb: int = Field(1024, ge=64)  # address space of each process in the sandbox
     python_max_processes: int = Field(16, ge=2)  # processes and threads in one sandbox (Linux)
@@ -260,12 +270,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     "tools": ("tool_max_rounds", "tool_timeout", "tool_max_result_kb", "mcp_connect_timeout", "mcp_request_servers"),
     "responses": ("data_dir", "responses_max_age_days", "responses_max_count"),
     "batches": ("batch_retention_days", "batch_disk_mb", "max_file_mb", "batch_preemption"),
-    "browser": ("browser_tool", "browser_search_backend", "browser_searxng_url", "browser_max_results",
-                "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout", "browser_max_redirects",
-                "browser_allowed_hosts"),
-    "python": ("python_tool", "python_timeout", "python_memory_mb", "python_max_processes", "python_max_output_kb",
-               "python_max_disk_mb", "python_idle_timeout", "python_max_interpreters", "python_work_dir",
-               "python_executable", "python_unsandboxed_i_understand_the_risk"),
+    "browser": ("browser_tool", "browser_default", "browser_search_backend", "browser_searxng_url",
+                "browser_max_results", "browser_view_tokens", "browser_max_page_kb", "browser_fetch_timeout",
+                "browser_max_redirects", "browser_allowed_hosts"),
+    "python": ("python_tool", "python_default", "python_timeout", "python_memory_mb", "python_max_processes",
+               "python_max_output_kb", "python_max_disk_mb", "python_idle_timeout", "python_max_interpreters",
+               "python_work_dir", "python_executable", "python_unsandboxed_i_understand_the_risk"),
 }
 TABLE_OF = {name: table for table, names in TABLES.items() for name in names}
 

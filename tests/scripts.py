@@ -197,3 +197,40 @@ SCRIPTS["Keep calling tools."] = [server_call("tools.pid", "{}")] * 8
 BATCH_RED, BATCH_BLUE = "red", "blue"
 SCRIPTS["Batch line: say red"] = final(BATCH_RED)
 SCRIPTS["Batch line: say blue"] = final(BATCH_BLUE)
+
+
+# ---- the built-in browser and python, run by the server (tests/test_builtin_tools.py) ----
+# Built-in calls as GPT-OSS writes them: on the analysis channel, the recipient after the channel,
+# content type `code`. Where a result holds a trigger of its own, the next reply is that trigger's.
+
+
+def builtin_call(recipient: str, body: str, thinking: str = "I should use a tool.") -> str:
+    return (f"<|channel|>analysis<|message|>{thinking}<|end|>"
+            f"<|start|>assistant<|channel|>analysis to={recipient} code<|message|>{body}<|call|>")
+
+
+# search the local site (tests/web_site.py), open the first result (cursor 1), find 雨 in it (cursor 2),
+# and answer citing a line of each view
+BROWSE_QUESTION = "Search the local web for Tokyo weather."
+BROWSE_ANSWER = "今日の東京は晴れです【1†L2】。明日は午後から雨が降る見込みです【2†L1】。"
+SCRIPTS[BROWSE_QUESTION] = [
+    builtin_call("browser.search", '{"query": "東京 天気"}', "I will search the web."),
+    builtin_call("browser.open", '{"id": 0}', "The first result is the weather page."),
+    builtin_call("browser.find", '{"pattern": "雨"}', "Does it say anything about rain?"),
+    thought("Sunny today, rain tomorrow afternoon.", BROWSE_ANSWER),
+]
+# python keeps its variables from one call to the next, and from one request of a conversation to the next
+PYTHON_QUESTION = "Compute six times seven with python."
+PYTHON_KEPT = "The interpreter kept x = 42"  # no full stop: ".\n" is one token
+PYTHON_ANSWER = "Six times seven is 42, and the interpreter kept it."
+SCRIPTS[PYTHON_QUESTION] = [builtin_call("python", "x = 6 * 7\nx", "I will compute it."),
+                            builtin_call("python", 'print(f"The interpreter kept x = {x}")', "Is x kept?")]
+SCRIPTS[PYTHON_KEPT] = thought("It kept x.", PYTHON_ANSWER)
+PYTHON_AGAIN = "Is x still there?"
+PYTHON_STILL = "Still there: x = 42"
+PYTHON_STILL_ANSWER = "Yes: x is still 42."
+SCRIPTS[PYTHON_AGAIN] = builtin_call("python", 'print(f"Still there: x = {x}")')
+SCRIPTS[PYTHON_STILL] = final(PYTHON_STILL_ANSWER)
+# python called where it is off: told it is not available here, the model answers without it
+PYTHON_OFF_ANSWER = "I can't run code here, so I answer from memory: 42."
+SCRIPTS["Run python where it is off."] = [builtin_call("python", "print(6 * 7)"), final(PYTHON_OFF_ANSWER)]

@@ -96,7 +96,7 @@ def test_search_open_scroll_find_and_cite(site):
     assert "[3] A guide to Tokyo's parks" in scrolled.text and "**viewing lines [40 - " in scrolled.text
     assert "L40: " in scrolled.text and "L39: " not in scrolled.text
 
-    assert found.action == {"type": "find", "pattern": "SWALLOW", "url": site.url("/en/guide.html")}
+    assert found.action == {"type": "find_in_page", "pattern": "SWALLOW", "url": site.url("/en/guide.html")}
     match_line = int(re.search(r"【0†match at L(\d+)】", found.text).group(1))
     assert "The swallow migrates south in autumn." in found.text  # case-insensitive
     assert match.text.startswith("[5] A guide to Tokyo's parks") and f"L{match_line}: " in match.text

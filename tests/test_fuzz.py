@@ -141,7 +141,7 @@ MALFORMED_MESSAGES = {
     "100000 messages": {"messages": USER * 100_000, "max_tokens": 8},
     "thinking of no type": {"messages": USER, "max_tokens": 8, "thinking": {"budget_tokens": 5}},
     "tool_choice tool without name": {"messages": USER, "max_tokens": 8, "tool_choice": {"type": "tool"}},
-    "server tool": {"messages": USER, "max_tokens": 8, "tools": [{"type": "web_search_20250305", "name": "s"}]},
+    "server tool": {"messages": USER, "max_tokens": 8, "tools": [{"type": "bash_20250124", "name": "bash"}]},
 }
 
 

@@ -215,8 +215,8 @@ def test_claude_codes_request_shape(scripted_server):
     ({"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
                                                                    "content": [{"type": "image"}]}]}]},
      "messages[0].content[0].content[0].type"),
-    ({"max_tokens": 10, "messages": ASK, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
-     "tools[0].type: tools of type 'web_search_20250305'"),
+    ({"max_tokens": 10, "messages": ASK, "tools": [{"type": "bash_20250124", "name": "bash"}]},
+     "tools[0].type: tools of type 'bash_20250124'"),
     ({"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t"}]}]},
      "messages[0].content[0].name: Field required"),
     ({"max_tokens": 10, "messages": [{"role": "user", "content": [

@@ -138,8 +138,8 @@ def assert_400(response, mentions: str = "", param: str | None = None):
     return error
 
 
-@pytest.mark.parametrize("tool", ["file_search", "computer_use_preview", "code_interpreter", "web_search_preview",
-                                  "image_generation", "local_shell", "custom"])
+# (web_search and code_interpreter are the built-in browser and python: tests/test_builtin_tools.py)
+@pytest.mark.parametrize("tool", ["file_search", "computer_use_preview", "image_generation", "local_shell", "custom"])
 def test_unsupported_tool_types_are_400_naming_them(scripted_server, tool):
     assert_400(post(scripted_server, {"input": "hi", "tools": [WEATHER_TOOL, {"type": tool}]}), f"'{tool}'", "tools[1].type")
 

@@ -212,6 +212,40 @@ def test_each_api_names_its_mcp_servers_in_its_own_words():
     assert asks == (ServerAsk("fs", denied_tools=("write_file",), param="mcp_servers[0]"),)
 
 
+def test_each_api_turns_on_the_builtins_and_names_the_conversation_in_its_own_words():
+    from server.tools.toolbox import BuiltinAsk
+
+    # chat completions: builtin_tools, or OpenAI's web_search_options; a request naming no server-run
+    # tool at all gets the defaults (browser_default, python_default), one naming any gets only those
+    assert chat(ChatCompletionRequest(messages=HI)).builtins == BuiltinAsk(defaults=True)
+    assert chat(ChatCompletionRequest(messages=HI, tools=[{"type": "mcp", "server_label": "fs"}])).builtins \
+        == BuiltinAsk()
+    named = chat(ChatCompletionRequest(messages=HI, builtin_tools=["python"], web_search_options={},
+                                       metadata={"conversation_id": "c1"}))
+    assert named.builtins == BuiltinAsk(browser="web_search_options", python="builtin_tools", conversation="id\0c1")
+    assert chat(ChatCompletionRequest(messages=HI, builtin_tools=[])).servers == ()  # no MCP defaults either
+    # Responses: web_search (left out quietly where there's no browser); code_interpreter's container
+    asked = responses(ResponsesRequest(input="hi", tools=[{"type": "web_search_preview"},
+                                                          {"type": "code_interpreter", "container": "cntr_mine"}]),
+                      history=[]).builtins
+    assert asked == BuiltinAsk(browser="tools[0]", python="tools[1]", conversation="cntr_mine", quiet=("browser",))
+    earlier = [{"type": "code_interpreter_call", "id": "ci_1", "code": "x = 1", "container_id": "cntr_old",
+                "outputs": [{"type": "logs", "logs": ""}]}]
+    body = ResponsesRequest(input=[*earlier, {"role": "user", "content": "more"}],
+                            tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
+    going_on = responses(body, history=[])
+    assert going_on.builtins.conversation == "cntr_old"  # the conversation's last
+    assert len(going_on.messages) == 1  # earlier built-in calls are records, not shown again
+    fresh = responses(ResponsesRequest(input="hi", tools=[{"type": "code_interpreter"}]), history=[])
+    assert fresh.builtins.conversation.startswith("cntr_") and fresh.builtins.conversation != "cntr_old"
+    # Messages: Anthropic's server tools; metadata.user_id (Claude Code's session) names the conversation
+    ask = messages(MessagesRequest(max_tokens=10, messages=HI, metadata={"user_id": "session_1"}, tools=[
+        {"type": "web_fetch_20250910", "name": "web_fetch"},
+        {"type": "code_execution_20250825", "name": "code_execution"}, {"name": "get_weather", "input_schema": WEATHER}]))
+    assert ask.builtins == BuiltinAsk(browser="tools[0]", python="tools[1]", conversation="id\0session_1")
+    assert [t.name for t in ask.tools] == ["get_weather"]  # the server tools are not the client's
+
+
 def test_max_tool_calls_bounds_the_loop_within_the_setting():
     assert responses_turn().server_tools.max_rounds == SETTINGS.tool_max_rounds == 8
     assert responses_turn(max_tool_calls=2).server_tools.max_rounds == 2

@@ -44,6 +44,8 @@ class Prompt:
     tools: list[ToolDescription] = field(default_factory=list)  # the client's functions
     messages: list[Message] = field(default_factory=list)  # the conversation, after dev/system
     namespaces: list[ToolNamespaceConfig] = field(default_factory=list)  # tools the server runs, one per source
+    # the built-in tools the server runs (browser, python): declared in the system message, as GPT-OSS was trained
+    system_tools: list[ToolNamespaceConfig] = field(default_factory=list)
 
 
 def with_response_format(prompt: Prompt, name: str, schema: dict, description: str | None = None) -> Prompt:
@@ -133,6 +135,8 @@ def system_message(prompt: Prompt, identity: str, knowledge_cutoff: str) -> Mess
         .with_conversation_start_date(datetime.date.today().isoformat())
         .with_reasoning_effort(EFFORTS[prompt.effort])
     )
+    for namespace in prompt.system_tools:
+        content = content.with_tools(namespace)
     return Message.from_role_and_content(Role.SYSTEM, content)
 
 

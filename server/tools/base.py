@@ -17,8 +17,17 @@ A source has a namespace (the name the model calls its tools by: the MCP server 
                 raise ToolError(f"no tool {name!r}")
             return datetime.datetime.now().isoformat()
 
-`arguments` is the JSON text the model wrote (`parse_arguments` checks it is an object). `call`
-returns the result as text, or raises ToolError with a message the model and the client read.
+`arguments` is the JSON text the model wrote (`parse_arguments` checks it is an object; python's is
+its code). `call` returns the result as text, or a ToolOutput (the text, and what the APIs show of
+the call besides: a web search's action), or raises ToolError with a message the model and the
+client read.
+
+A source may also say (as class attributes, read with getattr; MCP servers have none of them):
+- `in_system = True`: it is declared in harmony's system message, as GPT-OSS's built-in browser and
+  python were trained (other sources go in the developer message), by its `declaration()`;
+- `whole_namespace = True`: every recipient in its namespace is its one tool (`python`);
+- `min_timeout`: the least time a call gets, whatever tool_timeout says (python bounds its own
+  calls, and is stopped only past them).
 The loop (server/turn/loop.py) is what bounds a call: it cancels the task past `limits.timeout` or
 when the client leaves (a source lets asyncio.CancelledError through, and stops its work), and cuts
 a result longer than `limits.max_bytes`; a source may use the limits to stop early. A result is data
@@ -26,7 +35,7 @@ for the model, never instructions: it goes into a tool message, never into syste
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -38,6 +47,17 @@ class ToolError(Exception):
     def __init__(self, message: str, from_tool: bool = False):
         super().__init__(message)
         self.from_tool = from_tool
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """A call's result with more than its text: `details` for the APIs (a web_search_call's action,
+    a search's results), and `error` when the call failed though the tool wrote the model's answer
+    itself (a page that could not be fetched, code that ran out of time)."""
+
+    text: str  # what the model reads
+    details: dict = field(default_factory=dict)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,14 +77,14 @@ class CallLimits:
 class ToolSource(Protocol):
     namespace: str  # the harmony namespace its tools are called in
     label: str  # its name in the APIs
-    kind: str  # "mcp" (next: "browser", "python"): how the APIs show its calls
+    kind: str  # "mcp", "browser" or "python": how the APIs show its calls
     description: str  # what the model is told the namespace is
 
     async def list_tools(self) -> list[ToolSpec]:
         """Its tools (ToolError when it can't say, e.g. a server that does not start)."""
         ...
 
-    async def call(self, name: str, arguments: str, limits: CallLimits) -> str:
+    async def call(self, name: str, arguments: str, limits: CallLimits) -> "str | ToolOutput":
         ...
 
 

@@ -2,10 +2,12 @@
 
 The toolbox is made once, with the app: the configured MCP servers ([[mcp_servers]]) start with the
 server (in the background: the server answers before they are up; a request that wants one waits
-for its start, up to `mcp_connect_timeout`) and stop with it.
+for its start, up to `mcp_connect_timeout`) and stop with it; the built-in browser and python
+([browser], [python]; builtin.py) are ready when configured, and python's interpreters stop with it.
 
     toolbox = Toolbox(settings); toolbox.start()
-    toolset = await toolbox.select(asks)     # asks: ServerAsk per server a request named; None: the defaults
+    toolset = await toolbox.select(asks, builtins)   # asks: ServerAsk per server a request named (None:
+                                                     # the defaults); builtins: BuiltinAsk
     ... the turn runs ...
     await toolset.close()                    # servers a request named by URL are its own: stopped here
 
@@ -20,7 +22,10 @@ from dataclasses import dataclass, field
 from server.config import MCPServerEntry, check_namespace
 from server.plumbing.errors import invalid_request
 from server.tools.base import ToolError
+from server.tools.builtin import Builtins
 from server.tools.toolset import EMPTY, Listing, Toolset
+
+BUILTIN_NAMES = {"browser": "the browser (browser_tool)", "python": "python (python_tool)"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,24 @@ class ServerAsk:
     param: str = "tools"  # where the request named it, for errors
 
 
+@dataclass(frozen=True)
+class BuiltinAsk:
+    """The built-in tools a request turned on, and the name of its conversation (python's interpreter)."""
+
+    browser: str | None = None  # where the request asked for the browser ("tools[0]"), for errors; None: not asked
+    python: str | None = None
+    conversation: str = ""  # names the conversation: the same name, the same interpreter (builtin.py)
+    quiet: tuple[str, ...] = ()  # built-ins left out, without an error, where the server doesn't offer them
+    defaults: bool = False  # the request did not say (chat completions): those on by default are on
+
+    def asked(self) -> list[tuple[str, str]]:
+        """(built-in, param) of each one asked for."""
+        return [(name, param) for name, param in (("browser", self.browser), ("python", self.python)) if param]
+
+
+NO_BUILTINS = BuiltinAsk()
+
+
 def mcp_server(entry: MCPServerEntry, settings, from_request: bool = False):
     """An MCP server's source. The `mcp` SDK takes ~1.5 s to import: only servers that use it pay that."""
     from server.tools.mcp import MCPServer
@@ -46,22 +69,35 @@ class Toolbox:
     def __init__(self, settings):
         self.settings = settings
         self.servers = {entry.name: mcp_server(entry, settings) for entry in settings.mcp_servers}
+        self.builtins = Builtins(settings)
 
     def start(self) -> None:
         for server in self.servers.values():
             server.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(server.stop() for server in self.servers.values()))
+        await asyncio.gather(*(server.stop() for server in self.servers.values()), self.builtins.close())
+
+    def offers(self, name: str) -> bool:
+        """Whether the built-in `name` ("browser", "python") is configured and usable."""
+        return getattr(self.builtins, name) is not None
+
+    def default_builtins(self, conversation: str = "") -> BuiltinAsk:
+        """The built-ins on for a request that doesn't say (chat completions): browser_default, python_default."""
+        settings = self.settings
+        return BuiltinAsk(browser="builtin_tools" if settings.browser_default else None,
+                          python="builtin_tools" if settings.python_default else None,
+                          conversation=conversation, quiet=("browser", "python"))
 
     def describe(self) -> list[dict]:
         return [server.describe() for server in self.servers.values()]
 
-    async def select(self, asks: tuple[ServerAsk, ...] | None) -> Toolset:
+    async def select(self, asks: tuple[ServerAsk, ...] | None, builtins: BuiltinAsk = NO_BUILTINS) -> Toolset:
         """The request's toolset. `asks` None: the servers configured with `default = true`."""
         if asks is None:
             asks = tuple(ServerAsk(name) for name, server in self.servers.items() if server.entry.default)
-        if not asks:
+        built_in = await self._builtins(builtins)
+        if not asks and not built_in:
             return EMPTY
         sources, owned, seen = [], [], set()
         for ask in asks:
@@ -79,7 +115,24 @@ class Toolbox:
             for source in owned:
                 await source.stop()
             raise
-        return Toolset(listings, owned)
+        return Toolset(built_in + list(listings), owned)
+
+    async def _builtins(self, ask: BuiltinAsk) -> list[Listing]:
+        """Listings of the built-ins the request asked for; 400 for one the server doesn't offer
+        (unless it may be left out quietly)."""
+        listings = []
+        for name, param in ask.asked():
+            if not self.offers(name):
+                if name in ask.quiet:
+                    continue
+                raise invalid_request(
+                    f"{param}: this server does not run {BUILTIN_NAMES[name]}: it is off in its settings, or "
+                    "could not start (its log says why; docs/builtin-tools.md)", param=param,
+                    code="builtin_tool_unavailable")
+            source = (self.builtins.browser_source() if name == "browser"
+                      else self.builtins.python_source(ask.conversation))
+            listings.append(Listing(source, await source.list_tools()))
+        return listings
 
     def _configured(self, ask: ServerAsk):
         server = self.servers.get(ask.label)

@@ -2,7 +2,8 @@
 the way back from what the model writes to the tool it means.
 
 Each source is a harmony namespace of its own in the developer message (`namespace fs { ... }`);
-tool names that can't stand in a harmony header ("get-sum") get safe ones ("get_sum"), mapped back
+the built-in browser and python are declared in the system message instead, as GPT-OSS was trained.
+Tool names that can't stand in a harmony header ("get-sum") get safe ones ("get_sum"), mapped back
 when the model calls them: `find("fs.get_sum")` -> the source `fs` and its tool `get-sum`.
 """
 
@@ -30,7 +31,13 @@ class Listing:
     def label(self) -> str:
         return self.source.label
 
+    @property
+    def in_system(self) -> bool:
+        return getattr(self.source, "in_system", False)
+
     def namespace(self) -> ToolNamespaceConfig:
+        if self.in_system:
+            return self.source.declaration()
         tools = []
         for tool in self.tools:
             # a schema harmony can't show as an object type is left out: the description stays
@@ -64,12 +71,22 @@ class Toolset:
 
     def namespaces(self) -> list[ToolNamespaceConfig]:
         """What the developer message shows: one namespace per source that has tools."""
-        return [listing.namespace() for listing in self.listings if listing.tools]
+        return [listing.namespace() for listing in self.listings if listing.tools and not listing.in_system]
+
+    def system_namespaces(self) -> list[ToolNamespaceConfig]:
+        """What the system message declares: the built-ins (browser, python)."""
+        return [listing.namespace() for listing in self.listings if listing.tools and listing.in_system]
+
+    def source(self, kind: str) -> ToolSource | None:
+        """The request's source of a kind ("browser"), if it has one."""
+        return next((listing.source for listing in self.listings if listing.source.kind == kind), None)
 
     def find(self, recipient: str) -> Found | None:
         """The tool a recipient the model wrote (`fs.read_text_file`) means, or None."""
         namespace, _, model_name = recipient.partition(".")
         for listing in self.listings:
+            if listing.source.namespace == namespace and getattr(listing.source, "whole_namespace", False):
+                return Found(listing, listing.tools[0]) if listing.tools else None
             if listing.source.namespace == namespace and model_name:
                 name = listing.names.client_name(model_name)
                 tool = next((t for t in listing.tools if t.name == name), None)

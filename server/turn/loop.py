@@ -18,8 +18,14 @@ client's function (the API hands that call to the client, as always), or a bound
 - each call's time (`tool_timeout`) and result size (`tool_max_result_kb`: cut, with a note);
 - the reply's token limit counts every round's tokens, and the context what the prompt has grown to.
 
-A call to a tool this request doesn't have (the model reached for `browser.search`, or for a
-server it wasn't given) is answered "not available here", and the model goes on.
+A call to a tool this request doesn't have (the model reached for `browser.search` while the
+browser is off, or for a server it wasn't given) is answered "not available here", and the model
+goes on to answer without it.
+
+When the request has the browser, the answer's citations of its pages (`【6†L9-L11】`) become
+links as the answer streams (server/tools/browser/citations.py): each link is a content event of
+its own, a `CitedText` carrying the Citation (URL, title) and the lines it quotes, which each API
+shows as its own annotation (url_citation, Anthropic's citations).
 
 Besides the rounds' own events, the loop yields ServerEvents, which each API shows in its own
 shape (mcp_call items, mcp_tool_use blocks, chat's `server_tool_calls`):
@@ -39,10 +45,12 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.harmony import render as harmony
+from server.harmony.parse import Event
 from server.plumbing import metrics
-from server.tools.base import CallLimits, ToolError
+from server.tools.base import CallLimits, ToolError, ToolOutput
 from server.tools.toolset import Toolset
 from server.turn.run import TurnEnd, run_turn
 
@@ -59,9 +67,10 @@ class ServerCall:
     label: str | None = None  # its source's label in the APIs ("fs")
     name: str = ""  # the tool's own name ("read_text_file"); the recipient when there is no such tool
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
-    arguments: str = ""
-    output: str | None = None
+    arguments: str = ""  # as the model wrote them (JSON; python's code)
+    output: str | None = None  # what the tool answered (with an error, what it told the model, if anything)
     error: str | None = None  # why it failed: the tool's error, a timeout, not available, ...
+    details: dict = field(default_factory=dict)  # what the APIs show besides (the browser's action, ...)
     error_from_tool: bool = False  # the tool itself reported the error (else: running it failed)
     seconds: float = 0.0
     result_bytes: int = 0  # of the result as the tool returned it
@@ -69,7 +78,7 @@ class ServerCall:
 
     def model_text(self) -> str:
         """The tool message the model reads."""
-        return self.output if self.error is None else f"Error: {self.error}"
+        return self.output if self.output is not None else f"Error: {self.error}"
 
 
 @dataclass
@@ -77,6 +86,43 @@ class ServerEvent:
     kind: str  # "server_call", "server_arguments", "server_running", "server_result"
     call: ServerCall
     text: str = ""  # server_arguments: the new part
+
+
+@dataclass
+class CitedText(Event):
+    """A piece of the answer that is a citation made a link (` ([site](url))`)."""
+
+    citation: Any = None  # browser.Citation: url, title
+    quote: str = ""  # the lines of the page it cites
+
+
+class Citing:
+    """The answer's citations of the request's browser pages, made links as the answer streams:
+    text that may still become a citation is held back until it is whole (CitationStream)."""
+
+    def __init__(self, browser):
+        self.browser = browser
+        self.stream = browser.citation_stream()
+
+    def feed(self, event: Event) -> list[Event]:
+        return self._pieces(self.stream.feed(event.text))
+
+    def flush(self) -> list[Event]:
+        return self._pieces(self.stream.close())
+
+    def _pieces(self, cited) -> list[Event]:
+        start = self.stream.sent - len(cited.text)  # where this text begins in the whole answer
+        pieces, at = [], 0
+        for citation in cited.citations:
+            begin, end = citation.start_index - start, citation.end_index - start
+            if begin > at:
+                pieces.append(Event("content", cited.text[at:begin]))
+            pieces.append(CitedText("content", cited.text[begin:end], citation=citation,
+                                    quote=self.browser.quote(citation)))
+            at = end
+        if at < len(cited.text):
+            pieces.append(Event("content", cited.text[at:]))
+        return pieces
 
 
 @dataclass
@@ -113,6 +159,8 @@ async def tool_loop(turn, prompt: list[int], prefix: list[int]):
     declared = set(resolved.tools.shown_names)
     totals, generation, calls_run, told_no_more = Totals(), turn.generation, 0, False
     continued = False
+    browser = bounds.toolset.source("browser")
+    citing = Citing(browser) if browser is not None else None
     while True:
         reply, call, end = [], None, None
         async for event in run_turn(generation, state.encoding, list(resolved.stop), () if continued else prefix,
@@ -120,13 +168,20 @@ async def tool_loop(turn, prompt: list[int], prefix: list[int]):
             if isinstance(event, TurnEnd):
                 end = event
             elif event.kind == "server_call":
+                for piece in citing.flush() if citing else ():
+                    yield piece
                 call = new_call(event.text, event.channel, bounds.toolset)
                 yield ServerEvent("server_call", call)
             elif event.kind == "server_arguments":
                 call.arguments += event.text
                 yield ServerEvent("server_arguments", call, event.text)
+            elif event.kind == "content" and citing is not None:
+                for piece in citing.feed(event):
+                    yield piece
             else:
                 yield event
+        for piece in citing.flush() if citing else ():
+            yield piece
         totals.add(end)
         if call is None or turn.cancelled:
             yield totals.end(end)
@@ -198,15 +253,20 @@ async def run_call(call: ServerCall, toolset: Toolset, limits: CallLimits) -> No
     found = toolset.find(call.recipient)
     source = "(none)" if found is None else getattr(found.source, "counted_as", found.source.label)
     outcome, started = "ok", time.perf_counter()
+    timeout = limits.timeout
     try:
         if found is None:
             outcome, call.error = "unavailable", f"{call.recipient} is not available here"
             return
-        async with asyncio.timeout(limits.timeout):
-            text = await found.source.call(found.tool.name, call.arguments, limits)
-        call.output, call.result_bytes, call.truncated = _cut(text, limits.max_bytes)
+        timeout = max(timeout, getattr(found.source, "min_timeout", 0))
+        async with asyncio.timeout(timeout):
+            result = await found.source.call(found.tool.name, call.arguments, limits)
+        if isinstance(result, ToolOutput):
+            result, call.details, call.error = result.text, dict(result.details), result.error
+            outcome = "ok" if call.error is None else "error"
+        call.output, call.result_bytes, call.truncated = _cut(result, limits.max_bytes)
     except TimeoutError:
-        outcome, call.error = "timeout", f"the call took longer than {limits.timeout:g} s and was stopped"
+        outcome, call.error = "timeout", f"the call took longer than {timeout:g} s and was stopped"
     except ToolError as e:
         outcome, call.error, call.error_from_tool = "error", str(e) or "the tool failed", e.from_tool
     except asyncio.CancelledError:

@@ -15,7 +15,7 @@ from openai_harmony import Message
 
 from server.engine.sampling import SamplingParams
 from server.harmony.tools import ToolNames
-from server.tools.toolbox import ServerAsk
+from server.tools.toolbox import NO_BUILTINS, BuiltinAsk, ServerAsk
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class TurnRequest:
     # MCP servers whose tools the server runs for this request (server/tools/toolbox.py); None: the
     # request did not say (chat completions), and the servers configured with `default = true` are on
     servers: tuple[ServerAsk, ...] | None = ()
+    builtins: BuiltinAsk = NO_BUILTINS  # the built-in browser and python (server/tools/builtin.py)
     max_tool_calls: int | None = None  # calls the server may run in this reply (at most tool_max_rounds)
     effort: str | None = None  # "low", "medium" or "high"
     sampling: dict = field(default_factory=dict)  # SamplingParams fields the request gave

@@ -136,9 +136,10 @@ def resolve(request: TurnRequest, settings, toolset: Toolset = EMPTY) -> Resolve
     if response_format is not None and request.stop:
         raise invalid_request("stop strings can't be combined with structured output: they would cut the JSON",
                               param="stop")
-    prompt = harmony.Prompt(effort=EFFORTS[request.effort or settings.reasoning_effort], instructions=request.instructions,
-                            tools=list(tools.shown), messages=list(request.messages),
-                            namespaces=toolset.namespaces() if request.tool_choice.kind != "none" else [])
+    server_tools = toolset if request.tool_choice.kind != "none" else EMPTY
+    prompt = harmony.Prompt(effort=EFFORTS[request.effort or settings.reasoning_effort],
+                            instructions=request.instructions, tools=list(tools.shown), messages=list(request.messages),
+                            namespaces=server_tools.namespaces(), system_tools=server_tools.system_namespaces())
     given = request.response_format
     if response_format is not None and response_format.type == "json_schema":
         prompt = harmony.with_response_format(prompt, response_format.name, response_format.schema,
@@ -155,7 +156,7 @@ def resolve(request: TurnRequest, settings, toolset: Toolset = EMPTY) -> Resolve
         reasoning=_reasoning(request, settings),
         response_format=response_format,
         input_param=request.input_param,
-        server_tools=ServerTools(toolset if request.tool_choice.kind != "none" else EMPTY,
+        server_tools=ServerTools(server_tools,
                                  min(settings.tool_max_rounds, request.max_tool_calls or settings.tool_max_rounds),
                                  CallLimits(settings.tool_timeout, settings.tool_max_result_kb * 1024)),
     )

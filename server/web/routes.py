@@ -3,7 +3,8 @@
 - GET /            the chat page (static/index.html)
 - GET /web/{file}  its scripts, styles and vendored libraries (only files of static/)
 - GET /status.json what the status panel shows: the model, memory, running and queued requests,
-                   the prompt cache, tokens/s over the last minutes and the batches in progress
+                   the prompt cache, tokens/s over the last minutes, the batches in progress, and
+                   the built-in tools the server runs (the page's search and python toggles)
 
 None of these is under /v1, so like /health and /metrics they need no API key; the page sends the
 key (asked for once, kept in the browser) with its /v1 requests. The page is same-origin, so the
@@ -93,6 +94,7 @@ def status(request: Request) -> dict:
         },
         "tokens": {"prompt": int(prompt), "completion": int(completion)},
         "tokens_per_second": history,
+        "builtin_tools": _builtin_tools(request.app),
         "batches": _batches(request.app),
     }
 
@@ -104,6 +106,14 @@ def _batches(app) -> dict:
             "in_progress": [{"id": b.id, "status": b.status, "endpoint": b.endpoint, "total": b.total,
                              "completed": b.succeeded, "failed": b.failed, "output_tokens": b.output_tokens,
                              "created_at": b.created_at} for b in running]}
+
+
+def _builtin_tools(app) -> dict:
+    """{"browser": {"default": bool}, "python": {...}}: the built-ins this server runs, and whether
+    chat completions turns each on by default."""
+    toolbox, settings = app.state.toolbox, app.state.settings
+    defaults = {"browser": settings.browser_default, "python": settings.python_default}
+    return {name: {"default": default} for name, default in defaults.items() if toolbox.offers(name)}
 
 
 def _total(name: str, where=lambda labels: True) -> float:

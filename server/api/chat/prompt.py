@@ -3,14 +3,17 @@
 System and developer messages become the developer message's instructions; user turns,
 assistant turns (answer, reasoning, tool calls) and tool results become harmony messages.
 Which old reasoning is shown again is decided in harmony/render.py, the same for every API.
+`builtin_tools` (or OpenAI's `web_search_options`, for the browser) turns on the built-ins the server
+runs; `metadata.conversation_id` names the conversation whose python interpreter it uses.
 """
 
 from server.api.chat.schema import ChatCompletionRequest
 from server.api.reasoning import asked_effort, reasoning_ask
+from server.api.server_tools import named
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.tools.toolbox import ServerAsk
+from server.tools.toolbox import BuiltinAsk, ServerAsk
 from server.turn.request import (
     FormatAsk,
     ToolChoice,
@@ -29,11 +32,30 @@ def tools(body: ChatCompletionRequest) -> tuple[ToolDef, ...]:
 
 def servers(body: ChatCompletionRequest) -> tuple[ServerAsk, ...] | None:
     """The MCP servers the request turns on (`{"type": "mcp", "server_label": …}` tools); None when
-    it names none: then the servers configured with `default = true` are on."""
+    it names no server-run tool at all: then the servers configured with `default = true` are on."""
     asks = tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.headers or {},
                            param=f"tools[{i}]")
                  for i, t in enumerate(body.tools or []) if t.type == "mcp")
-    return asks or None
+    return asks if asks or names_builtins(body) else None
+
+
+def names_builtins(body: ChatCompletionRequest) -> bool:
+    return body.builtin_tools is not None or body.web_search_options is not None
+
+
+def builtins(body: ChatCompletionRequest) -> BuiltinAsk:
+    """The built-ins the request turns on, and its conversation's name. One that names no server-run
+    tool at all (no mcp tools either) gets those on by default (browser_default, python_default)."""
+    given = (body.metadata or {}).get("conversation_id")
+    conversation = named(str(given)) if given else ""
+    if not names_builtins(body):
+        mcp_named = any(t.type == "mcp" for t in body.tools or [])
+        return BuiltinAsk(conversation=conversation, defaults=not mcp_named)
+    names = set(body.builtin_tools or ())
+    browser = ("builtin_tools" if "browser" in names
+               else "web_search_options" if body.web_search_options is not None else None)
+    return BuiltinAsk(browser=browser, python="builtin_tools" if "python" in names else None,
+                      conversation=conversation)
 
 
 def tool_choice(body: ChatCompletionRequest) -> ToolChoice:
@@ -97,6 +119,7 @@ def translate(body: ChatCompletionRequest) -> TurnRequest:
         tools=declared,
         tool_choice=tool_choice(body),
         servers=servers(body),
+        builtins=builtins(body),
         effort=asked_effort(body),
         sampling=sampling_given(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,

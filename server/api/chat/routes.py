@@ -100,7 +100,8 @@ def _logprobs(state, events, top_n: int) -> dict:
 
 def _message(events, names, lines: bool = True) -> dict:
     """`lines`: the server's calls also as lines of the reasoning (not when the reasoning is excluded)."""
-    reasoning, content, calls, server_calls_ = [], [], [], []
+    reasoning, content, calls, server_calls_, annotations = [], [], [], [], []
+    length = 0  # of the content so far
     for event in events:
         if event.kind == "reasoning":
             reasoning.append(event.text)
@@ -111,7 +112,10 @@ def _message(events, names, lines: bool = True) -> dict:
                 reasoning.append(server_calls.result_line(event.call))
             server_calls_.append(server_calls.whole(event.call))
         elif event.kind == "content":
+            if getattr(event, "citation", None) is not None:
+                annotations.append(server_calls.citation(event, length))
             content.append(event.text)
+            length += len(event.text)
         elif event.kind == "tool_call":
             calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                           "function": {"name": names.client_name(event.text), "arguments": ""}})
@@ -124,6 +128,8 @@ def _message(events, names, lines: bool = True) -> dict:
         message["tool_calls"] = calls
     if server_calls_:
         message["server_tool_calls"] = server_calls_
+    if annotations:
+        message["annotations"] = annotations
     return message
 
 
@@ -145,6 +151,7 @@ async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bo
         yield chunk(index, {"role": "assistant", "content": ""})
     call_index = [-1] * len(turns)
     server_index = [-1] * len(turns)  # of the calls the server runs, per choice
+    length = [0] * len(turns)  # of each choice's content so far (where a citation begins)
     ends: list[TurnEnd | None] = [None] * len(turns)
     try:
         async for index, event in merged(turn.events for turn in turns):
@@ -162,7 +169,11 @@ async def _stream(state, turns: list[Turn], meta: dict, names, include_usage: bo
             elif event.kind == "reasoning":
                 yield chunk(index, {"reasoning_content": event.text, "reasoning": event.text})
             elif event.kind == "content":
-                yield chunk(index, {"content": event.text})
+                delta = {"content": event.text}
+                if getattr(event, "citation", None) is not None:
+                    delta["annotations"] = [server_calls.citation(event, length[index])]
+                length[index] += len(event.text)
+                yield chunk(index, delta)
             elif event.kind == "tool_call":
                 call_index[index] += 1
                 yield chunk(index, {"tool_calls": [{

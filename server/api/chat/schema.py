@@ -154,6 +154,11 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # the built-ins the server runs (this server's extension): None: those on by default
+    # (browser_default, python_default); [] none
+    builtin_tools: list[Literal["browser", "python"]] | None = None
+    web_search_options: dict[str, Any] | None = None  # OpenAI's: given (even {}), the browser is on
+    metadata: dict[str, Any] | None = None  # `conversation_id`: names the conversation (python's interpreter)
 
     @model_validator(mode="after")
     def _check(self):

@@ -7,15 +7,25 @@ assistant text, `thinking`, `tool_use` and `tool_result` blocks become harmony m
 order; harmony/render.py decides which old reasoning is shown again, as for every API.
 `mcp_servers` and `mcp_toolset` tools (the MCP connector's) pick MCP servers whose tools the server
 runs; their `mcp_tool_use` and `mcp_tool_result` blocks come back in assistant messages.
+The server tools `web_search_*` / `web_fetch_*` turn on the built-in browser and `code_execution_*`
+python (server/tools/builtin.py); their `server_tool_use` and result blocks, sent back, are records the
+model doesn't see again. `metadata.conversation_id` (or `metadata.user_id`, Claude Code's, which names
+its session) names the conversation whose python interpreter the request uses.
 """
 
 import json
 
-from server.api.messages.schema import MessagesRequest
+from server.api.messages.schema import (
+    SERVER_BLOCK_TYPES,
+    MessagesRequest,
+    TextBlock,
+    builtin_of,
+)
+from server.api.server_tools import named
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.tools.toolbox import ServerAsk
+from server.tools.toolbox import BuiltinAsk, ServerAsk
 from server.turn.request import (
     FormatAsk,
     ReasoningAsk,
@@ -31,7 +41,20 @@ BILLING_HEADER = "x-anthropic-billing-header:"
 
 def tools(body: MessagesRequest) -> tuple[ToolDef, ...]:
     return tuple(ToolDef(t.name, t.description, t.input_schema, param=f"tools[{i}].input_schema")
-                 for i, t in enumerate(body.tools or []) if t.type != "mcp_toolset")
+                 for i, t in enumerate(body.tools or []) if t.type != "mcp_toolset" and builtin_of(t.type) is None)
+
+
+def builtins(body: MessagesRequest) -> BuiltinAsk:
+    """The built-ins the request's server tools turn on, and its conversation's name (for python)."""
+    asked: dict[str, str] = {}
+    for i, tool in enumerate(body.tools or []):
+        name = builtin_of(tool.type)
+        if name is not None:
+            asked.setdefault(name, f"tools[{i}]")
+    metadata = body.metadata or {}
+    given = metadata.get("conversation_id") or metadata.get("user_id")
+    return BuiltinAsk(browser=asked.get("browser"), python=asked.get("python"),
+                      conversation=named(str(given)) if given else "")
 
 
 def servers(body: MessagesRequest) -> tuple[ServerAsk, ...]:
@@ -78,8 +101,20 @@ def system_text(body: MessagesRequest) -> str:
     return "\n\n".join(t for t in texts if t)
 
 
+def _joined_text(blocks: list) -> list:
+    """Runs of text blocks as one (an answer with citations comes as several: the cited parts apart)."""
+    joined = []
+    for block in blocks:
+        if block.type == "text" and joined and joined[-1].type == "text":
+            joined[-1] = TextBlock(type="text", text=joined[-1].text + block.text)
+        else:
+            joined.append(block)
+    return joined
+
+
 def _assistant(blocks: list, names: ToolNames, calls: dict) -> list:
     messages = []
+    blocks = _joined_text(blocks)
     for j, block in enumerate(blocks):
         if block.type == "thinking" and block.thinking:
             messages.append(harmony.assistant_reasoning(block.thinking))
@@ -113,7 +148,7 @@ def _user(i: int, blocks: list, calls: dict) -> list:
             messages.append(harmony.tool_result(calls[block.tool_use_id], block.text()))
         elif block.type == "text" and block.text:
             texts.append(block.text)
-        elif block.type in ("tool_use", "thinking", "mcp_tool_use", "mcp_tool_result"):
+        elif block.type in ("tool_use", "thinking", "mcp_tool_use", "mcp_tool_result", *SERVER_BLOCK_TYPES):
             raise invalid_request(f"{block.type} blocks belong in assistant messages",
                                   param=f"messages[{i}].content[{j}]")
     if texts:
@@ -160,6 +195,7 @@ def translate(body: MessagesRequest) -> TurnRequest:
         tools=declared,
         tool_choice=tool_choice(body),
         servers=servers(body),
+        builtins=builtins(body),
         effort=body.output_config.effort if body.output_config else None,
         sampling=sampling_given(body),
         max_tokens=body.max_tokens,

@@ -55,7 +55,8 @@ async def reply(state, body: MessagesRequest, request):
         builder.feed(event)
     builder.finish()
     return {**message, "content": builder.blocks, "stop_reason": stop_reason(end),
-            "stop_sequence": end.stop_string, "usage": usage(end, turn.prompt_tokens), **turn.fields()}
+            "stop_sequence": end.stop_string, "usage": usage(end, turn.prompt_tokens, builder.server_tool_use),
+            **turn.fields()}
 
 
 async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
@@ -81,7 +82,7 @@ async def _stream(turn: Turn, message: dict, builder: ContentBuilder):
     for out in builder.finish():
         yield _sse(out)
     yield _sse({"type": "message_delta", "delta": {"stop_reason": stop_reason(end), "stop_sequence": end.stop_string},
-                "usage": usage(end, turn.prompt_tokens), **turn.fields()})
+                "usage": usage(end, turn.prompt_tokens, builder.server_tool_use), **turn.fields()})
     yield _sse({"type": "message_stop"})
 
 
@@ -90,5 +91,6 @@ async def count_tokens(body: CountTokensRequest, request: Request):
     """The prompt's tokens exactly as /v1/messages would render it."""
     state = facts(request, body.model)
     turn = translate(body)
-    resolved = await resolve_turn(request, turn, state.settings) if turn.servers else resolve(turn, state.settings)
+    wants_tools = turn.servers or turn.builtins.asked()
+    resolved = await resolve_turn(request, turn, state.settings) if wants_tools else resolve(turn, state.settings)
     return {"input_tokens": len(render(state, resolved).tokens)}

@@ -63,6 +63,18 @@ class MCPToolUseBlock(_Block):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+SERVER_BLOCK_TYPES = ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
+                      "code_execution_tool_result")
+
+
+class ServerToolBlock(_Block):
+    """A built-in tool's call and result the server ran (an earlier reply's), sent back: kept by the
+    client, not shown to the model again (it was that turn's reasoning)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal[SERVER_BLOCK_TYPES]
+
+
 class OtherBlock(Unsupported):
     """Images, documents, search results: refused with a clear message."""
 
@@ -95,7 +107,8 @@ class ToolResultBlock(_Block):
         return f"Error: {body}" if self.is_error else body
 
 
-BLOCK_TYPES = ("text", "thinking", "redacted_thinking", "tool_use", "tool_result", "mcp_tool_use", "mcp_tool_result")
+BLOCK_TYPES = ("text", "thinking", "redacted_thinking", "tool_use", "tool_result", "mcp_tool_use", "mcp_tool_result",
+               *SERVER_BLOCK_TYPES)
 Block = Annotated[
     Annotated[TextBlock, Tag("text")]
     | Annotated[ThinkingBlock, Tag("thinking")]
@@ -104,6 +117,10 @@ Block = Annotated[
     | Annotated[ToolResultBlock, Tag("tool_result")]
     | Annotated[MCPToolUseBlock, Tag("mcp_tool_use")]
     | Annotated[ToolResultBlock, Tag("mcp_tool_result")]
+    | Annotated[ServerToolBlock, Tag("server_tool_use")]
+    | Annotated[ServerToolBlock, Tag("web_search_tool_result")]
+    | Annotated[ServerToolBlock, Tag("web_fetch_tool_result")]
+    | Annotated[ServerToolBlock, Tag("code_execution_tool_result")]
     | Annotated[OtherBlock, Tag("other")],
     Discriminator(_kind(BLOCK_TYPES)),
 ]
@@ -123,7 +140,9 @@ class Tool(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)] | None = None  # None: an mcp_toolset
     description: str | None = None
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    type: str | None = None  # "custom" or absent, or "mcp_toolset"; server tools (web_search_...) are refused below
+    # "custom" or absent; "mcp_toolset"; the server tools it runs: web_search_*, web_fetch_* (the browser),
+    # code_execution_* (python); others are refused below
+    type: str | None = None
     # mcp_toolset (the MCP connector's): the tools of an MCP server named in mcp_servers, or configured here
     mcp_server_name: str | None = None
     default_config: dict[str, Any] | None = None  # {"enabled": bool}
@@ -132,9 +151,10 @@ class Tool(BaseModel):
     @field_validator("type")
     @classmethod
     def _client_tool(cls, kind: str | None):
-        if kind not in (None, "custom", "mcp_toolset"):
+        if kind not in (None, "custom", "mcp_toolset") and builtin_of(kind) is None:
             raise ValueError(f"tools of type {kind!r} are not supported; give client tools "
-                             "(name, description, input_schema), or MCP servers (mcp_toolset, mcp_servers)")
+                             "(name, description, input_schema), MCP servers (mcp_toolset, mcp_servers), or the "
+                             "server tools web_search_20250305, web_fetch_20250910, code_execution_20250825")
         return kind
 
     @model_validator(mode="after")
@@ -153,6 +173,15 @@ class Tool(BaseModel):
         if (self.default_config or {}).get("enabled", True) is False:
             return tuple(name for name, config in configs.items() if config.get("enabled")), ()
         return None, tuple(name for name, config in configs.items() if config.get("enabled") is False)
+
+
+def builtin_of(kind: str | None) -> str | None:
+    """The built-in a server tool's type turns on ("browser", "python"), or None."""
+    if kind and kind.startswith(("web_search_", "web_fetch_")):
+        return "browser"
+    if kind and kind.startswith("code_execution_"):
+        return "python"
+    return None
 
 
 class MCPServerDefinition(BaseModel):

@@ -6,15 +6,25 @@ item: reasoning -> a `reasoning` item (its text as `reasoning_text` content), co
 `message` item (`output_text`), a tool call and its arguments -> a `function_call` item with the
 arguments streamed as they are generated. A call the server runs on an MCP server (server/turn/loop.py)
 is an `mcp_call` item, and each MCP server the request picked is listed first, in an
-`mcp_list_tools` item (unless the conversation has one for it). Events come in OpenAI's order:
+`mcp_list_tools` item (unless the conversation has one for it). The built-in browser's calls are
+`web_search_call` items (their action: search, open_page, find_in_page), python's are
+`code_interpreter_call` items (the code, its output as logs, the container), and the answer's
+citations of the browser's pages are `url_citation` annotations of its text. Events come in
+OpenAI's order:
 
     output_item.added
       (list)      mcp_list_tools.in_progress, mcp_list_tools.completed | .failed
       (reasoning) reasoning_text.delta... reasoning_text.done
-      (message)   content_part.added, output_text.delta... output_text.done, content_part.done
+      (message)   content_part.added, output_text.delta... (output_text.annotation.added after a
+                  citation's delta) output_text.done, content_part.done
       (call)      function_call_arguments.delta... function_call_arguments.done
       (mcp call)  mcp_call.in_progress, mcp_call_arguments.delta... mcp_call_arguments.done
                   (the call runs) mcp_call.completed | .failed
+      (browser)   web_search_call.in_progress, web_search_call.searching (it runs),
+                  web_search_call.completed   (the item is added once its arguments are complete)
+      (python)    code_interpreter_call.in_progress, code_interpreter_call_code.delta...
+                  code_interpreter_call_code.done, code_interpreter_call.interpreting (it runs),
+                  code_interpreter_call.completed
     output_item.done
 
 When the request asks for a reasoning summary (`reasoning.summary`), a reasoning item also carries
@@ -28,6 +38,7 @@ both ways:
     output_item.done
 """
 
+import json
 import time
 import uuid
 
@@ -49,8 +60,11 @@ PROTOCOL_ERROR = -32000  # an mcp_call's error that is not the tool's own: JSON-
 
 class OutputBuilder:
     def __init__(self, tools: ResolvedTools, encrypted_reasoning: bool, encoding=None, top_logprobs: int | None = None,
-                 summary: bool = False):
+                 summary: bool = False, container: str = "", sources: bool = False):
         self.tools = tools
+        self.container = container  # python's container id (code_interpreter_call items)
+        self.sources = sources  # a search action lists its results (include web_search_call.action.sources)
+        self._annotations: list[dict] = []  # of the message being generated
         self.encrypted_reasoning = encrypted_reasoning
         self.summary = summary  # reasoning as a summary too (reasoning.summary asked for)
         self.output: list[dict] = []  # finished items
@@ -102,8 +116,19 @@ class OutputBuilder:
             if event.kind == "tool_call":
                 return events
         if event.text:
+            start = sum(map(len, self._text))
             events += self._delta(event.text)
+            citation = getattr(event, "citation", None)
+            if citation is not None and self._item["type"] == "message":
+                events += self._annotate(citation, start, start + len(event.text))
         return events
+
+    def _annotate(self, citation, start: int, end: int) -> list[dict]:
+        annotation = {"type": "url_citation", "url": citation.url, "title": citation.title,
+                      "start_index": start, "end_index": end}
+        self._annotations.append(annotation)
+        return [{"type": "response.output_text.annotation.added", **self._where(), "content_index": 0,
+                 "annotation_index": len(self._annotations) - 1, "annotation": annotation}]
 
     def finish(self, end: TurnEnd) -> list[dict]:
         return self._close("completed" if end.finish_reason in ("stop", "tool_calls") else "incomplete")
@@ -115,6 +140,10 @@ class OutputBuilder:
         with the output (or error) once the call ran. A call to a tool this request doesn't have
         has no item (the model hears "not available" and goes on)."""
         call = event.call
+        if call.kind == "browser":
+            return self._web_search(event)
+        if call.kind == "python":
+            return self._code_interpreter(event)
         if event.kind == "server_call":
             events = self._close("completed")
             if call.kind != "mcp":
@@ -148,6 +177,87 @@ class OutputBuilder:
         self._item, self._text = None, []
         return [{"type": "response.mcp_call.failed" if call.error is not None else "response.mcp_call.completed",
                  **where},
+                {"type": "response.output_item.done", "output_index": where["output_index"], "item": item}]
+
+    def _web_search(self, event) -> list[dict]:
+        """A web_search_call item, added once the call's arguments are complete (its action is known
+        then), done when it ran. A call that never ran (the reply ended inside it) has none."""
+        call = event.call
+        if event.kind == "server_call":
+            return self._close("completed")
+        if event.kind == "server_arguments":
+            return []
+        if event.kind == "server_running":
+            self._item = {"id": new_id("ws"), "type": "web_search_call", "status": "in_progress",
+                          "action": self._action(call)}
+            self._text = []
+            where = self._where()
+            return [{"type": "response.output_item.added", "output_index": where["output_index"],
+                     "item": dict(self._item)},
+                    {"type": "response.web_search_call.in_progress", **where},
+                    {"type": "response.web_search_call.searching", **where}]
+        item = self._item
+        if item is None or item["type"] != "web_search_call":
+            return []
+        where = self._where()
+        item["action"] = self._action(call)
+        item["status"] = "failed" if call.error is not None else "completed"
+        self.output.append(item)
+        self._item = None
+        return [{"type": "response.web_search_call.completed", **where},
+                {"type": "response.output_item.done", "output_index": where["output_index"], "item": item}]
+
+    def _action(self, call) -> dict:
+        """The call's action: as the browser reports it once it ran, else from the model's arguments."""
+        action = dict(call.details.get("action") or {})
+        if not action:
+            try:
+                arguments = json.loads(call.arguments or "{}")
+            except ValueError:
+                arguments = {}
+            arguments = arguments if isinstance(arguments, dict) else {}
+            kind = {"search": "search", "open": "open_page", "find": "find_in_page"}.get(call.name, call.name)
+            action = {"type": kind}
+            if kind == "search":
+                action["query"] = str(arguments.get("query", ""))
+            elif kind == "find_in_page":
+                action["pattern"], action["url"] = str(arguments.get("pattern", "")), ""
+            elif isinstance(arguments.get("id"), str):
+                action["url"] = arguments["id"]
+        if action.get("type") == "search" and self.sources:
+            action["sources"] = [{"type": "url", "url": r["url"]} for r in call.details.get("results", [])]
+        return action
+
+    def _code_interpreter(self, event) -> list[dict]:
+        """A code_interpreter_call item: added when the model begins the call, its code streamed,
+        interpreting while it runs, done with its output as logs."""
+        call = event.call
+        if event.kind == "server_call":
+            events = self._close("completed")
+            self._item = {"id": new_id("ci"), "type": "code_interpreter_call", "status": "in_progress", "code": "",
+                          "container_id": self.container, "outputs": None}
+            self._text = []
+            where = self._where()
+            return events + [{"type": "response.output_item.added", "output_index": where["output_index"],
+                              "item": dict(self._item)},
+                             {"type": "response.code_interpreter_call.in_progress", **where}]
+        item = self._item
+        if item is None or item["type"] != "code_interpreter_call":
+            return []
+        where = self._where()
+        if event.kind == "server_arguments":
+            self._text.append(event.text)
+            return [{"type": "response.code_interpreter_call_code.delta", **where, "delta": event.text}]
+        if event.kind == "server_running":
+            item["code"], item["status"] = call.arguments, "interpreting"
+            return [{"type": "response.code_interpreter_call_code.done", **where, "code": call.arguments},
+                    {"type": "response.code_interpreter_call.interpreting", **where}]
+        item["code"] = call.arguments
+        item["outputs"] = [{"type": "logs", "logs": call.model_text()}]
+        item["status"] = "failed" if call.error is not None else "completed"
+        self.output.append(item)
+        self._item, self._text = None, []
+        return [{"type": "response.code_interpreter_call.completed", **where},
                 {"type": "response.output_item.done", "output_index": where["output_index"], "item": item}]
 
     # ---- items -----------------------------------------------------------------------
@@ -213,16 +323,23 @@ class OutputBuilder:
                 ]
         elif item["type"] == "message":
             logprobs, self._pending, self._logprobs = self._logprobs + self._pending, [], []
-            item["content"] = [_text_part(text, logprobs)]
+            annotations, self._annotations = self._annotations, []
+            item["content"] = [_text_part(text, logprobs, annotations)]
             events = [
                 {"type": "response.output_text.done", **where, "content_index": 0, "text": text,
                  "logprobs": logprobs},
                 {"type": "response.content_part.done", **where, "content_index": 0,
-                 "part": _text_part(text, logprobs)},
+                 "part": _text_part(text, logprobs, annotations)},
             ]
         elif item["type"] == "mcp_call":  # never ran: the reply ended inside it
             item["arguments"] = text
             events = [{"type": "response.mcp_call.failed", **where}]
+        elif item["type"] == "code_interpreter_call":  # cut short: the client left before it ran
+            item["code"] = text
+            events = [{"type": "response.code_interpreter_call_code.done", **where, "code": text}]
+            status = "incomplete"
+        elif item["type"] == "web_search_call":  # it was running when the client left
+            events, status = [], "incomplete"
         else:
             item["arguments"] = text
             events = [{"type": "response.function_call_arguments.done", **where, "name": item["name"],
@@ -238,8 +355,8 @@ def _summary_part(text: str) -> dict:
     return {"type": "summary_text", "text": text}
 
 
-def _text_part(text: str, logprobs: list | None = None) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+def _text_part(text: str, logprobs: list | None = None, annotations: list | None = None) -> dict:
+    return {"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": logprobs or []}
 
 
 def output_text(output: list[dict]) -> str:

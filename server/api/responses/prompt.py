@@ -10,6 +10,10 @@ namespaced tool `multi_agent_v1` / `spawn_agent` becomes `functions.multi_agent_
 and is mapped back to its namespace and name in the output. `mcp` tools name MCP servers whose
 tools the server runs (server/tools/); an earlier `mcp_call` item goes back into harmony as the call
 and the tool's message, `mcp_list_tools` items only say that a server was listed already.
+`web_search` and `code_interpreter` tools turn on the built-in browser and python (server/tools/builtin.py);
+their earlier `web_search_call` and `code_interpreter_call` items are records, not shown to the model again
+(they were that turn's reasoning), but a code_interpreter_call's container names the interpreter
+a continuation goes on with.
 
 Reasoning items carry their text back in `encrypted_content` when the client asks for it
 (`include: ["reasoning.encrypted_content"]`, Codex CLI does with `store: false`). This server is
@@ -18,13 +22,14 @@ local, so it is not encrypted: it is the text, base64-encoded behind a marker.
 
 import base64
 import binascii
+import uuid
 
 from server.api.reasoning import asked_effort, reasoning_ask
-from server.api.responses.schema import ResponsesRequest
+from server.api.responses.schema import WEB_SEARCH_TYPES, ResponsesRequest
 from server.harmony import render as harmony
 from server.harmony.tools import ToolNames
 from server.plumbing.errors import invalid_request
-from server.tools.toolbox import ServerAsk
+from server.tools.toolbox import BuiltinAsk, ServerAsk
 from server.turn.request import (
     FormatAsk,
     ToolChoice,
@@ -61,8 +66,7 @@ def reasoning_text(item) -> str:
 
 
 def tools(body: ResponsesRequest) -> tuple[ToolDef, ...]:
-    """Function tools and the functions of namespaces; other tool types (web_search) passed
-    validation because they are left out on purpose."""
+    """Function tools and the functions of namespaces (the other tool types are the server's)."""
     found = []
     for i, tool in enumerate(body.tools or []):
         if tool.type == "function":
@@ -78,6 +82,28 @@ def servers(body: ResponsesRequest) -> tuple[ServerAsk, ...]:
     return tuple(ServerAsk(t.server_label, t.tool_names(), url=t.server_url or None, headers=t.request_headers(),
                            param=f"tools[{i}]")
                  for i, t in enumerate(body.tools or []) if t.type == "mcp")
+
+
+def builtins(body: ResponsesRequest, items: list) -> BuiltinAsk:
+    """The built-ins the request turned on; `items`: the whole conversation (history and input)."""
+    browser = python = None
+    container = ""
+    for i, tool in enumerate(body.tools or []):
+        if tool.type in WEB_SEARCH_TYPES:
+            browser = browser or f"tools[{i}]"
+        elif tool.type == "code_interpreter":
+            python = python or f"tools[{i}]"
+            container = container or conversation_container(tool.container, items)
+    return BuiltinAsk(browser=browser, python=python, conversation=container, quiet=("browser",))
+
+
+def conversation_container(asked, items: list) -> str:
+    """The container (python's interpreter) of the request: the one it names, else the last one the
+    conversation used, else a new one."""
+    if isinstance(asked, str):
+        return asked
+    used = [item.container_id for item in items if item.type == "code_interpreter_call" and item.container_id]
+    return used[-1] if used else f"cntr_{uuid.uuid4().hex}"
 
 
 def listed_servers(items: list) -> set[str]:
@@ -165,6 +191,7 @@ def translate(body: ResponsesRequest, history: list) -> TurnRequest:
         tools=declared,
         tool_choice=tool_choice(body),
         servers=servers(body),
+        builtins=builtins(body, items),
         max_tool_calls=body.max_tool_calls,
         effort=asked_effort(body),
         sampling=sampling_given(body),

@@ -66,11 +66,13 @@ async def respond(state, body: ResponsesRequest, store: ResponseStore, request):
     body.input = resolve_references(store, body.input)
     if body.store:
         store.writable()  # a full disk: 507 now, before anything is generated
-    resolved = await resolve_turn(request, translate(body, history), settings)
+    asked = translate(body, history)
+    resolved = await resolve_turn(request, asked, settings)
     (turn,) = await open_turns(state, resolved)
     shell = ResponseShell(body, state.model_id, resolved.prompt.effort, resolved.sampling)
     builder = OutputBuilder(resolved.tools, body.wants_encrypted_reasoning(), state.encoding, resolved.logprobs,
-                            summary=body.wants_summary())
+                            summary=body.wants_summary(), container=asked.builtins.conversation,
+                            sources=body.wants_sources())
     # the MCP servers the request picked, listed first (unless the conversation has their lists)
     listing = builder.listings(resolved.server_tools.toolset, listed_servers([*history, *(body.input or [])]))
     conversation = with_ids([item.model_dump(exclude_none=True) for item in [*history, *(body.input or [])]])

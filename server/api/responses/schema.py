@@ -4,9 +4,10 @@
 client sends back from earlier responses (`reasoning`, `function_call`, `function_call_output`),
 and references to stored items by id (`item_reference`, resolved by the route from the store).
 Tools are function tools in the flat form, and namespaces of them (Codex CLI groups its agent
-tools so). Unknown top-level fields are ignored; unsupported item, part and tool types are 400s
-that name the type. The one exception is `web_search`, which Codex CLI always sends: it is left
-out of the prompt (a local server has no search to run).
+tools so), MCP servers (`mcp`), and the built-ins the server runs: `web_search` (and
+`web_search_preview`) turn on the browser, `code_interpreter` python (docs/builtin-tools.md). Where
+the browser is off, `web_search` is left out of the prompt, as before (Codex CLI always sends it).
+Unknown top-level fields are ignored; unsupported item, part and tool types are 400s that name the type.
 """
 
 from typing import Annotated, Any, Literal
@@ -27,7 +28,7 @@ from server.plumbing.limits import AT_MOST_MAX_MESSAGES
 
 # Efforts the API accepts (server/turn/resolve.py maps them onto harmony's three levels).
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-IGNORED_TOOL_TYPES = ("web_search",)
+WEB_SEARCH_TYPES = ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11")
 
 
 class TextPart(BaseModel):
@@ -159,6 +160,30 @@ class MCPCallItem(BaseModel):
         return str(error)
 
 
+class WebSearchCallItem(BaseModel):
+    """An earlier response's browser call, sent back: kept in the conversation, not shown to the model
+    again (it was part of that turn's reasoning)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["web_search_call"]
+    id: str | None = None
+    status: str | None = None
+    action: dict[str, Any] | None = None
+
+
+class CodeInterpreterCallItem(BaseModel):
+    """An earlier response's python call, sent back: its container names the conversation's
+    interpreter; like a browser call, not shown to the model again."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["code_interpreter_call"]
+    id: str | None = None
+    status: str | None = None
+    code: str | None = None
+    container_id: str | None = None
+    outputs: list[dict[str, Any]] | None = None
+
+
 class OtherItem(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -168,12 +193,13 @@ class OtherItem(BaseModel):
     def _refuse(cls, kind: str):
         raise ValueError(
             f"input items of type {kind!r} are not supported; this server takes messages, "
-            "function_call, function_call_output, reasoning, item_reference, mcp_list_tools and mcp_call items"
+            "function_call, function_call_output, reasoning, item_reference, mcp_list_tools, mcp_call, "
+            "web_search_call and code_interpreter_call items"
         )
 
 
 ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference", "mcp_list_tools",
-              "mcp_call")
+              "mcp_call", "web_search_call", "code_interpreter_call")
 
 
 def _item_kind(value: Any) -> str:
@@ -192,6 +218,8 @@ InputItem = Annotated[
     | Annotated[ItemReference, Tag("item_reference")]
     | Annotated[MCPListToolsItem, Tag("mcp_list_tools")]
     | Annotated[MCPCallItem, Tag("mcp_call")]
+    | Annotated[WebSearchCallItem, Tag("web_search_call")]
+    | Annotated[CodeInterpreterCallItem, Tag("code_interpreter_call")]
     | Annotated[OtherItem, Tag("other")],
     Discriminator(_item_kind),
 ]
@@ -257,6 +285,32 @@ class MCPTool(BaseModel):
         return headers
 
 
+class WebSearchTool(BaseModel):
+    """The browser, run by the server (search_context_size, user_location, filters: accepted, unused)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal[WEB_SEARCH_TYPES]
+
+
+class CodeInterpreterTool(BaseModel):
+    """python, run by the server. `container`: a container id names the interpreter to use (one this
+    server gave in an earlier code_interpreter_call's container_id); {"type": "auto"} (or none) the
+    conversation's own, or a new one."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["code_interpreter"]
+    container: str | dict[str, Any] | None = None
+
+    @field_validator("container")
+    @classmethod
+    def _container(cls, value):
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("container: give a container id, or {\"type\": \"auto\"}")
+        if isinstance(value, dict) and value.get("file_ids"):
+            raise ValueError("container.file_ids: files can't be uploaded to this server's python")
+        return value
+
+
 class OtherTool(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
@@ -264,23 +318,26 @@ class OtherTool(BaseModel):
     @field_validator("type")
     @classmethod
     def _refuse(cls, kind: str):
-        if kind not in IGNORED_TOOL_TYPES:
-            raise ValueError(
-                f"tools of type {kind!r} are not supported by this server; use function tools "
-                "(type 'function', or groups of them of type 'namespace'), or configured MCP servers (type 'mcp')"
-            )
-        return kind
+        raise ValueError(
+            f"tools of type {kind!r} are not supported by this server; use function tools (type 'function', or "
+            "groups of them of type 'namespace'), configured MCP servers (type 'mcp'), 'web_search' or "
+            "'code_interpreter'"
+        )
 
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("function", "namespace", "mcp") else "other"
+    if kind in WEB_SEARCH_TYPES:
+        return "web_search"
+    return kind if kind in ("function", "namespace", "mcp", "code_interpreter") else "other"
 
 
 ToolSpec = Annotated[
     Annotated[FunctionTool, Tag("function")]
     | Annotated[NamespaceTool, Tag("namespace")]
     | Annotated[MCPTool, Tag("mcp")]
+    | Annotated[WebSearchTool, Tag("web_search")]
+    | Annotated[CodeInterpreterTool, Tag("code_interpreter")]
     | Annotated[OtherTool, Tag("other")],
     Discriminator(_tool_kind),
 ]
@@ -352,7 +409,7 @@ class ResponsesRequest(BaseModel):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
-    max_tool_calls: Annotated[int, Field(ge=1)] | None = None  # of the calls the server runs (mcp)
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None  # of the calls the server runs (mcp, built-ins)
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -387,6 +444,10 @@ class ResponsesRequest(BaseModel):
 
     def wants_encrypted_reasoning(self) -> bool:
         return "reasoning.encrypted_content" in (self.include or [])
+
+    def wants_sources(self) -> bool:
+        """A web_search_call's search action lists the results' URLs (`sources`) when asked for."""
+        return "web_search_call.action.sources" in (self.include or [])
 
     def wants_summary(self) -> bool:
         return self.reasoning is not None and self.reasoning.summary_asked() is not None

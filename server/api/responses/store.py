@@ -66,7 +66,7 @@ ITEM_INDEX = (
         BEGIN DELETE FROM items WHERE response_id = OLD.id; END""",
 )
 ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
-               "mcp_list_tools": "mcpl", "mcp_call": "mcp"}
+               "mcp_list_tools": "mcpl", "mcp_call": "mcp", "web_search_call": "ws", "code_interpreter_call": "ci"}
 
 
 def data_directory(setting: str) -> Path:

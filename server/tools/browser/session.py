@@ -115,7 +115,8 @@ class BrowserSession:
     # ---- the model's call ---------------------------------------------------------------------
     async def call(self, function: str, arguments: str | dict) -> BrowserReply:
         """Run `browser.<function>` with the arguments the model wrote (JSON text or a dict)."""
-        action: dict = {"type": {"search": "search", "open": "open_page", "find": "find"}.get(function, function)}
+        kind = {"search": "search", "open": "open_page", "find": "find_in_page"}.get(function, function)
+        action: dict = {"type": kind}
         try:
             if isinstance(arguments, str):
                 try:
@@ -191,7 +192,7 @@ class BrowserSession:
         page = self._page(cursor)
         if page.kind != "page":
             raise ToolError("Cannot run `find` on search results page or find results page")
-        action = action if action is not None else {"type": "find", "pattern": pattern}
+        action = action if action is not None else {"type": "find_in_page", "pattern": pattern}
         action["url"] = page.url
         return BrowserReply(self._show(pages.find_page(page, pattern), 0, -1), action)
 

@@ -69,7 +69,8 @@ class Bubblewrap:
     def spawn_options(self, workdir: Path) -> dict:
         options = {"env": {}}  # the sandbox's environment is set by --setenv alone
         if os.geteuid() == 0:
-            options.update(user=NOBODY, group=NOBODY, extra_groups=[])
+            # not Popen's user/group/extra_groups: uvloop's subprocesses (the server's event loop) refuse them
+            options["preexec_fn"] = become_nobody
         return options
 
     @staticmethod
@@ -90,3 +91,11 @@ class Bubblewrap:
 def reachable_by_others(path: str) -> bool:
     parts = Path(path).parts
     return all(os.stat(Path(*parts[:i])).st_mode & 0o001 for i in range(1, len(parts) + 1))
+
+
+def become_nobody() -> None:
+    """In the child, before bubblewrap starts: no groups, then nobody's group and user (in that order:
+    once it is nobody, it may no longer change them)."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)

@@ -38,7 +38,7 @@ const STRINGS = {
     tokensTotal: "{c} (prompt {p})", now: "{n} now", chartRange: "max {m} · last {n} min",
     noAnswer: "The server does not answer.",
     tools: "Tools (MCP servers)", toolArguments: "Arguments", toolResult: "Result", toolError: "Error",
-    toolRunning: "running…",
+    toolRunning: "running…", builtinTools: "Built-in tools", browserTool: "Web search", pythonTool: "Python",
     batches: "Batches", batchesNone: "none in progress", batchesRunning: "{n} in progress · {d} of {t} lines",
   },
   ja: {
@@ -62,7 +62,7 @@ const STRINGS = {
     tokensTotal: "{c}（プロンプト {p}）", now: "現在 {n}", chartRange: "最大 {m} · 直近 {n} 分",
     noAnswer: "サーバーが応答しません。",
     tools: "ツール（MCP サーバー）", toolArguments: "引数", toolResult: "結果", toolError: "エラー",
-    toolRunning: "実行中…",
+    toolRunning: "実行中…", builtinTools: "組み込みツール", browserTool: "ウェブ検索", pythonTool: "Python",
     batches: "バッチ", batchesNone: "実行中なし", batchesRunning: "{n} 件実行中 · {t} 行中 {d} 行完了",
   },
 };
@@ -236,6 +236,7 @@ function updateAssistant(element, message) {
   }
   renderToolCalls(element.querySelector(".tool-calls"), message.tools || []);
   renderMarkdown(element.querySelector(".answer"), message.content || "");
+  markCitations(element.querySelector(".answer"), message.citations || []);
   element.classList.toggle("streaming", streaming);
   const stats = element.querySelector(".stats");
   stats.replaceChildren();
@@ -256,8 +257,27 @@ function updateAssistant(element, message) {
   }
 }
 
-// Calls the server ran (MCP tools): one folded block each, its name; opened, its arguments and
-// its result or error. All of it is untrusted text, shown as text.
+// The answer's citations of the pages the browser read are links in its text ([site](url)): the
+// ones the server marked as citations (annotations of type url_citation) are shown as small chips.
+function markCitations(answer, citations) {
+  const urls = new Set(citations.map((c) => c.url));
+  for (const link of answer.querySelectorAll("a[href]")) {
+    if (urls.has(link.getAttribute("href"))) link.classList.add("citation");
+  }
+}
+
+// What a call did, in a few words: a search's query, the page opened, the text found; else its name.
+function callTitle(call) {
+  const action = call.action || {};
+  if (call.type === "browser" && action.type === "search") return `🔎 ${action.query}`;
+  if (call.type === "browser" && action.type === "open_page" && action.url) return `📄 ${action.url}`;
+  if (call.type === "browser" && action.type === "find_in_page") return `🔍 ${action.pattern}`;
+  if (call.type === "python") return "🐍 python";
+  return `🔧 ${call.server ? call.server + "." : ""}${call.name}`;
+}
+
+// Calls the server ran (MCP tools, the browser, python): one folded block each, its name; opened,
+// its arguments and its result or error. All of it is untrusted text, shown as text.
 function renderToolCalls(box, calls) {
   const open = new Set([...box.querySelectorAll("details[open]")].map((d) => d.dataset.id));
   box.replaceChildren();
@@ -268,7 +288,7 @@ function renderToolCalls(box, calls) {
     details.open = open.has(call.id);
     const summary = document.createElement("summary");
     const done = call.output != null || call.error != null;
-    summary.textContent = `🔧 ${call.server ? call.server + "." : ""}${call.name}` + (done ? "" : ` — ${t("toolRunning")}`);
+    summary.textContent = callTitle(call) + (done ? "" : ` — ${t("toolRunning")}`);
     details.append(summary);
     for (const [label, text, name] of [[t("toolArguments"), call.arguments, "arguments"],
                                        [call.error != null ? t("toolError") : t("toolResult"), call.error ?? call.output, "result"]]) {
@@ -302,8 +322,45 @@ function updateButtons() {
 
 // ---- settings ------------------------------------------------------------------------------
 
-const settings = Object.assign({ effort: "medium", temperature: "", system: "", servers: {} }, store.get("settings", {}));
+const settings = Object.assign({ effort: "medium", temperature: "", system: "", servers: {}, builtins: {} },
+                               store.get("settings", {}));
+settings.builtins ??= {};
 let mcpServers = [];  // the server's MCP servers (GET /v1/mcp/servers); the ticked ones go with each message
+let builtinTools = null;  // the built-ins the server runs ({browser: {default}, python: ...}, from /status.json)
+
+// The search and python toggles, once the server said which built-ins it runs.
+function showBuiltinTools(offered) {
+  if (builtinTools !== null) return;
+  builtinTools = offered || {};
+  const box = $("builtin-tools");
+  box.replaceChildren();
+  for (const [name, facts] of Object.entries(builtinTools)) {
+    const label = document.createElement("label");
+    const tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.value = name;
+    tick.checked = settings.builtins[name] ?? facts.default;
+    tick.addEventListener("change", () => { settings.builtins[name] = tick.checked; store.set("settings", settings); });
+    label.append(tick, document.createTextNode(" " + t(name + "Tool")));
+    box.append(label);
+  }
+  $("builtin-setting").hidden = Object.keys(builtinTools).length === 0;
+}
+
+function chosenBuiltins() {
+  return Object.entries(builtinTools || {}).filter(([name, facts]) => settings.builtins[name] ?? facts.default)
+    .map(([name]) => name);
+}
+
+// A conversation's name for the server (python keeps its interpreter by it): random, so that no
+// other client can name it by guessing.
+function conversationId(conversation) {
+  if (!conversation.serverId) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    conversation.serverId = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  return conversation.serverId;
+}
 
 async function loadToolServers() {
   try {
@@ -401,10 +458,13 @@ async function generate() {
   };
   const temperature = parseFloat(settings.temperature);
   if (!Number.isNaN(temperature)) body.temperature = temperature;
-  if (mcpServers.length) {
-    const servers = chosenServers();
-    if (servers.length) body.tools = servers.map((name) => ({ type: "mcp", server_label: name }));
-    else body.tool_choice = "none";  // none ticked: not even the servers on by default
+  const servers = chosenServers();
+  if (servers.length) body.tools = servers.map((name) => ({ type: "mcp", server_label: name }));
+  if (builtinTools && Object.keys(builtinTools).length) {
+    body.builtin_tools = chosenBuiltins();  // a request that names its server-run tools gets no defaults
+    body.metadata = { conversation_id: conversationId(conversation) };
+  } else if (mcpServers.length && !servers.length) {
+    body.tool_choice = "none";  // none ticked: not even the servers on by default
   }
 
   const started = performance.now();
@@ -451,13 +511,16 @@ async function generate() {
           if (chunk.usage) usage = chunk.usage;
           const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
           if (!delta) continue;
-          for (const part of delta.server_tool_calls || []) {  // calls the server runs (MCP tools)
+          for (const part of delta.server_tool_calls || []) {  // calls the server runs (MCP tools, built-ins)
             message.tools ??= [];
-            if (part.id) message.tools[part.index] = { id: part.id, server: part.server, name: part.name, arguments: "" };
+            if (part.id) message.tools[part.index] = { id: part.id, type: part.type, server: part.server, name: part.name, arguments: "" };
             const call = message.tools[part.index];
             if (!call) continue;
             if (part.arguments && !part.id) call.arguments += part.arguments;
-            if ("output" in part || "error" in part) { call.output = part.output; call.error = part.error; }
+            if ("output" in part || "error" in part) { call.output = part.output; call.error = part.error; call.action = part.action; }
+          }
+          for (const annotation of delta.annotations || []) {  // citations of the pages the browser read
+            if (annotation.type === "url_citation") (message.citations ??= []).push(annotation.url_citation);
           }
           const reasoning = delta.reasoning_content ?? delta.reasoning;
           if (reasoning || delta.content) first ??= performance.now();
@@ -584,6 +647,7 @@ async function pollStatus() {
       ? t("batchesRunning", { n: b.running, d: b.lines_done.toLocaleString(), t: b.lines_total.toLocaleString() })
       : t("batchesNone");
     $("status-batches").title = b.in_progress.map((x) => `${x.id} ${x.status} ${x.completed + x.failed}/${x.total}`).join("\n");
+    showBuiltinTools(s.builtin_tools);
     drawChart(s.tokens_per_second);
   } catch (error) {
     $("status-error").textContent = t("noAnswer");
