@@ -163,10 +163,20 @@ def listening_sockets(settings) -> list | None:
     return sockets
 
 
+def keep_torch_out() -> None:
+    """Tell transformers that torch is absent: it imports torch whenever torch is installed (mlx-lm
+    loads tokenizers through it), which costs every start ~2 s of CPU and ~190 MB of memory, and
+    nothing the server runs uses torch (mlx-lm, tokenizers, llguidance, harmony). A None in
+    sys.modules is Python's own mark for a module that cannot be imported."""
+    sys.modules.setdefault("torch", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else "serve"
     rest = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
+    if command != "convert":  # convert leaves transformers as it is
+        keep_torch_out()
     if command == "convert":
         from models import convert
 
