@@ -41,11 +41,10 @@ def small_disk(tmp_path):
 def fill(disk: Path) -> Path:
     """Write zeros until the disk is full; the file, to delete for room again."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: a write cut short leaves nothing for close to flush
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC
     return filler

@@ -201,6 +201,7 @@ def test_the_page_is_light_and_quick(page):
                                                                        n.decodedBodySize)};""")
     assert timing["load"] < 1000, timing
     assert timing["bytes"] < 200_000, timing
+    page.wait(lambda: page.el("#status-model").text != "–", 5, "the status panel")  # fetched after the load
     assert page.el("#status-model").text == "scripted"  # it fetched /status.json
     assert page.el("#status-batches").text == "実行中なし"  # the Batch API's line (none in progress)
 
