@@ -114,8 +114,11 @@ def test_pull_draws_bars_resumes_a_dropped_connection_and_verifies(hub, demo_fil
 def test_interrupted_pull_keeps_finished_files_and_ls_rm(hub, demo_files, tmp_path):
     env = hub.env(tmp_path)
     hub.faults.stall.add(f"{REPO}/{WEIGHTS}")  # the weights stop half-way, so the pull can be interrupted there
+    # Ctrl-C as at a terminal: SIGINT not ignored, even when this suite runs in the background (a shell
+    # starts background jobs with SIGINT ignored, and children inherit that)
     pulling = subprocess.Popen([sys.executable, "-m", "server", "pull", REPO], cwd=ROOT, env={**os.environ, **env},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert hub.stalled.wait(60), "the pull never reached the weights"
         pulling.send_signal(signal.SIGINT)  # Ctrl-C
