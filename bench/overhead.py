@@ -235,7 +235,7 @@ def rows(r: dict, streams: int = 16) -> list:
     ms = lambda x: None if x is None else 1000 * x  # noqa: E731
 
     def over(a, b):
-        return "" if a is None or b is None or math.isnan(a) or math.isnan(b) else f"+{a - b:.3f} ms"
+        return "" if a is None or b is None or math.isnan(a) or math.isnan(b) else f"{a - b:+.3f} ms"
 
     out = [report.metric_row("decode, 1 stream (tok/s)", s.get("decode_tps"), w.get("decode_tps"), m.get("decode_tps"))]
     for n in (1, streams):
@@ -268,7 +268,7 @@ def targets(r: dict, streams: int = 16) -> list:
         x = None if a is None or b is None else a - b
         rounds = report._rounds([("swallow", report.spread(s, key, " ms")), ("raw", report.spread(w, key, " ms"))])
         check(f"server CPU per token ≤ raw + 0.15 ms, {n} stream{'s' if n > 1 else ''}", x,
-              x is not None and x <= 0.15, f"+{x:.3f} ms ({a:.3f} vs {b:.3f}){rounds}" if x is not None else "")
+              x is not None and x <= 0.15, f"{x:+.3f} ms ({a:.3f} vs {b:.3f}){rounds}" if x is not None else "")
     x = report.ratio(s.get("decode_tps"), w.get("decode_tps"))
     check("near-free decode ≥ 0.95× raw generate_step", x, x is not None and x >= 0.95, f"{x:.3f}×" + report._rounds(
         [("swallow", report.spread(s, "decode_tps")), ("raw", report.spread(w, "decode_tps"))]) if x else "")
