@@ -5,11 +5,15 @@ tool called "get weather" or "web-search" would break the header. Each tool gets
 identifier for the model and is mapped back to the client's name in responses.
 """
 
+import json
+import logging
 import re
 
 from openai_harmony import ToolDescription
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+log = logging.getLogger("swallow.tools")
 
 
 class ToolNames:
@@ -63,3 +67,14 @@ def forced_call_prefix(model_name: str | None = None) -> str:
     if model_name is None:
         return "<|channel|>commentary to=functions"
     return f"<|channel|>commentary to=functions.{model_name} <|constrain|>json<|message|>"
+
+
+def call_arguments(text: str) -> dict:
+    """A call's arguments, as the model wrote them, as the JSON object clients expect (Anthropic's
+    `input`, Ollama's `arguments`); {} when the model wrote no object."""
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except ValueError:
+        log.warning("a tool call's arguments are not JSON: %.200r", text)
+        return {}
+    return value if isinstance(value, dict) else {}

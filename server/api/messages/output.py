@@ -24,7 +24,7 @@ import logging
 import uuid
 
 from server.harmony.parse import Event
-from server.harmony.tools import ToolNames
+from server.harmony.tools import ToolNames, call_arguments
 from server.turn.run import TurnEnd
 
 log = logging.getLogger("swallow.messages")
@@ -175,7 +175,7 @@ class ContentBuilder:
         elif block["type"] == "text":
             block["text"] = text
         else:  # tool_use, mcp_tool_use
-            block["input"] = _arguments(text)
+            block["input"] = call_arguments(text)
         events.append({"type": "content_block_stop", "index": index})
         self.blocks.append(block)
         self._block, self._text = None, []
@@ -195,7 +195,7 @@ def _builtin_blocks(call) -> tuple[str, dict, dict]:
         return "code_execution", {"code": call.arguments}, {"type": "code_execution_tool_result", "content": content}
     action = call.details.get("action") or {}
     if call.name == "search":
-        tool_input = {"query": action.get("query", _arguments(call.arguments).get("query", ""))}
+        tool_input = {"query": action.get("query", call_arguments(call.arguments).get("query", ""))}
         if error is not None:
             content = {"type": "web_search_tool_result_error", "error_code": "unavailable"}
         else:
@@ -213,12 +213,3 @@ def _builtin_blocks(call) -> tuple[str, dict, dict]:
                                "source": {"type": "text", "media_type": "text/plain", "data": call.output}}}
     return "web_fetch", tool_input, {"type": "web_fetch_tool_result", "content": content}
 
-
-def _arguments(text: str) -> dict:
-    """A call's arguments as the object `input` must be; {} when the model wrote no object."""
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except ValueError:
-        log.warning("a tool call's arguments are not JSON: %.200r", text)
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -9,17 +9,14 @@ call is sent whole, once its arguments are complete, as Ollama sends them. The l
 """
 
 import datetime
-import json
-import logging
 import time
 import uuid
 
-from server.harmony.tools import ToolNames
+from server.harmony.tools import ToolNames, call_arguments
 from server.plumbing import metrics
 from server.turn.logprobs import entry
 from server.turn.run import TurnEnd
 
-log = logging.getLogger("swallow.ollama")
 
 DONE_REASONS = {"length": "length"}  # the rest ("stop", "tool_calls") is Ollama's "stop"
 
@@ -32,15 +29,6 @@ def created_at() -> str:
 def done_reason(end: TurnEnd) -> str:
     return DONE_REASONS.get(end.finish_reason, "stop")
 
-
-def arguments(text: str) -> dict:
-    """A call's arguments as the object Ollama sends; {} when the model wrote no object."""
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except ValueError:
-        log.warning("a tool call's arguments are not JSON: %.200r", text)
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class Pieces:
@@ -82,7 +70,7 @@ class Pieces:
         return [self._with_logprobs({"tool_calls": [{
             "id": f"call_{uuid.uuid4().hex[:24]}",
             "function": {"index": index, "name": self.names.client_name(call["name"]),
-                         "arguments": arguments(call["arguments"])}}]})]
+                         "arguments": call_arguments(call["arguments"])}}]})]
 
     def _logprob(self, item) -> dict:
         return {**entry(self.encoding, item.token, item.logprob),
